@@ -1,0 +1,413 @@
+"""Run configuration: typed dataclasses, loaded from YAML with dotted `key=value` overrides.
+
+Precedence, lowest to highest: the dataclass defaults, the YAML file, the command-line overrides.
+OmegaConf's structured configs reject unknown keys and wrong types; `validate` checks ranges and
+choices. Every error names the key path and where the value came from, and is raised before any
+model, data or engine is touched.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sandboxes import Limits
+
+STAGES = ("sft", "dpo", "grpo")
+
+
+class ConfigError(ValueError):
+    """A config problem, with the key path and the source (file or command line) in the message."""
+
+
+@dataclass
+class ModelConfig:
+    # "tiny" or "tiny:<preset>" builds the embedded model locally; anything else is a local path or hub id.
+    name_or_path: str = "tiny"
+    # Where the embedded model is built (reused when it already exists with the same preset).
+    tiny_dir: str = "artifacts/tiny_model"
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class ArithmeticConfig:
+    """The generated arithmetic task used when `data.source == "arithmetic"`."""
+
+    max_digits: int = 3
+    ops: List[str] = field(default_factory=lambda: ["+", "-", "*"])
+    # Sizes of the disjoint pools: SFT demonstrations, RL prompts (DPO and GRPO), held-out eval.
+    n_sft: int = 10000
+    n_rl: int = 5000
+    n_eval: int = 500
+
+
+@dataclass
+class DataConfig:
+    # "arithmetic" (generated locally), a local file/dir (jsonl, json, parquet, csv, save_to_disk dir) or a hub id.
+    source: str = "arithmetic"
+    split: str = "train"
+    # Optional separate eval source; otherwise `eval_size` rows are split off deterministically.
+    eval_source: Optional[str] = None
+    eval_split: str = "test"
+    eval_size: int = 500
+    # Column mapping: which dataset columns hold the prompt, the reference answer, the SFT demonstration.
+    prompt_field: str = "prompt"
+    answer_field: str = "answer"
+    solution_field: str = "solution"
+    # Extra columns a verifier needs (e.g. ["tests"] for the code verifier); all columns are passed anyway,
+    # listing them here makes a missing one an error at load time instead of a zero reward later.
+    required_fields: List[str] = field(default_factory=list)
+    prompt_template: str = "{prompt}"
+    system_prompt: Optional[str] = None
+    apply_chat_template: bool = True
+    max_prompt_tokens: int = 512
+    limit: Optional[int] = None  # use only the first N training rows (quick experiments)
+    arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
+
+
+@dataclass
+class VerifierSpec:
+    name: str = MISSING  # "math", "code", "format", a registered plug-in, or "package.module:attr"
+    weight: float = 1.0
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class VerifyConfig:
+    workers: int = 2  # worker processes for batch scoring; 0 scores inline
+    timeout_s: float = 10.0  # hard per-item limit; a stuck item scores 0
+    sandbox: Limits = field(default_factory=Limits)
+
+
+@dataclass
+class RolloutConfig:
+    backend: str = "vllm"  # vllm | hf (transformers generate: no vLLM needed, slower)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_tokens: int = 256
+    # vLLM engine. On the CPU, gpu_memory_utilization is the fraction of host memory for the KV cache.
+    gpu_memory_utilization: float = 0.2
+    tensor_parallel_size: int = 1
+    enable_sleep_mode: bool = False  # GPU only: release KV cache and weights during the update
+    enforce_eager: bool = True
+    max_model_len: Optional[int] = None
+    seed: int = 0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    schedule: str = "constant"  # constant | cosine | linear
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class EngineConfig:
+    zero_stage: int = 0  # 0-3; ZeRO-3 gathers partitions for the weight push
+    precision: str = "fp32"  # fp32 | bf16 (GPU)
+    dist_backend: str = "auto"  # auto: nccl with CUDA, gloo otherwise
+    offload_optimizer: bool = False
+
+
+@dataclass
+class GRPOConfig:
+    steps: int = 100
+    prompts_per_step: int = 16  # per rank; each gives group_size completions
+    group_size: int = 8
+    micro_batch_size: int = 16  # completions per forward/backward; gradient accumulation covers the rest
+    num_iterations: int = 1  # updates per rollout batch (>1 keeps old-policy logprobs)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    # Advantages
+    advantage: str = "grpo"  # grpo | dr_grpo | rloo
+    scale: str = "group"  # group | batch | none (std normalisation, grpo only)
+    # Policy loss
+    epsilon_low: float = 0.2
+    epsilon_high: float = 0.28
+    ratio_level: str = "token"  # token | sequence (GSPO)
+    aggregation: str = "token_mean"  # seq_mean (GRPO) | token_mean (DAPO) | constant (Dr. GRPO)
+    constant_normalizer: Optional[float] = None  # for aggregation=constant; default max_tokens
+    beta: float = 0.0  # KL(k3) to the reference; 0 loads no reference model
+    tis_level: str = "none"  # none | token | sequence: truncated importance sampling vs sampler logprobs
+    tis_cap: float = 2.0
+    overlong_filter: bool = False  # mask truncated completions out of the loss
+    overlong_buffer: int = 0  # soft overlong punishment: buffer length in tokens (0 = off)
+    overlong_penalty: float = 1.0
+    # DAPO dynamic sampling: drop groups with equal rewards, sample more until the batch is full.
+    dynamic_sampling: bool = False
+    max_sampling_rounds: int = 3
+    eval_every: int = 0  # 0: only at the end
+    save_every: int = 50
+
+
+@dataclass
+class SFTConfig:
+    epochs: int = 10
+    max_steps: Optional[int] = None
+    tokens_per_batch: int = 8192  # packed tokens per optimizer step (per rank)
+    max_seq_len: int = 512
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=50, schedule="cosine"))
+    eval_every: int = 100
+    patience: int = 3  # evals without improvement before stopping early; 0 disables early stopping
+    save_every: int = 200
+
+
+@dataclass
+class DPOConfig:
+    pairs: str = "verifier"  # verifier (sampled on-policy and labelled) | file
+    pairs_file: Optional[str] = None  # jsonl: prompt/chosen/rejected, messages, or hosted-API preference format
+    pairs_eval_size: int = 64  # held-out pairs for margin/accuracy
+    samples_per_prompt: int = 8  # for pairs=verifier
+    num_prompts: int = 1000  # for pairs=verifier
+    chosen_rule: str = "shortest"  # shortest | random
+    rejected_rule: str = "most_frequent"  # most_frequent | random | longest
+    loss_type: str = "sigmoid"  # sigmoid | ipo | robust | hinge | simpo
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    simpo_gamma: float = 0.5
+    length_normalize: bool = False
+    rpo_alpha: float = 0.0
+    epochs: int = 1
+    batch_size: int = 16
+    max_seq_len: int = 512
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-6, warmup_steps=10))
+    save_every: int = 200
+
+
+@dataclass
+class EvalConfig:
+    num_problems: int = 500
+    k: int = 4  # sampled pass@k and maj@k; 0 or 1 for greedy only
+    temperature: float = 1.0
+    max_tokens: Optional[int] = None  # default rollout.max_tokens
+
+
+@dataclass
+class MetricsConfig:
+    tensorboard: bool = True
+    wandb_project: Optional[str] = None  # logs to wandb when set and wandb is installed
+    progress_bar: bool = True
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    output_dir: str = "runs"
+    seed: int = 0
+    stages: List[str] = field(default_factory=lambda: ["grpo"])
+    resume: str = "auto"  # auto (latest checkpoint in the run dir) | never | a checkpoint path
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    verifiers: List[VerifierSpec] = field(default_factory=lambda: [VerifierSpec(name="math")])
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _merge_or_raise(base: DictConfig, other: DictConfig, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        msg = getattr(exc, "msg", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}: key '{key}': {msg}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: List[str] | None = None) -> RunConfig:
+    """Defaults <- YAML file <- `key=value` overrides, then `validate`. Returns a RunConfig object."""
+    cfg = OmegaConf.structured(RunConfig)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            file_cfg = OmegaConf.load(path)
+        except Exception as exc:  # yaml syntax errors carry line numbers in their message
+            raise ConfigError(f"{path}: cannot parse YAML: {exc}") from None
+        if not isinstance(file_cfg, DictConfig):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+        cfg = _merge_or_raise(cfg, file_cfg, str(path))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"command line: override '{item}' must look like key=value")
+        try:
+            dotlist = OmegaConf.from_dotlist([item])
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"command line: cannot parse override '{item}': {exc}") from None
+        cfg = _merge_or_raise(cfg, dotlist, f"command line override '{item}'")
+    source = str(path) if path is not None else "defaults"
+    if overrides:
+        source += " + command line"
+    try:
+        obj: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        raise ConfigError(f"{source}: key '{key}': {getattr(exc, 'msg', exc)}") from None
+    validate(obj, source)
+    return obj
+
+
+def _check(ok: bool, source: str, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{source}: key '{key}': {msg}")
+
+
+def _one_of(value: Any, choices: tuple, source: str, key: str) -> None:
+    _check(value in choices, source, key, f"must be one of {list(choices)}, got {value!r}")
+
+
+def _validate_optim(o: OptimConfig, source: str, prefix: str) -> None:
+    _check(o.lr > 0, source, f"{prefix}.lr", f"must be > 0, got {o.lr}")
+    _check(o.weight_decay >= 0, source, f"{prefix}.weight_decay", "must be >= 0")
+    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), source, f"{prefix}.betas",
+           f"must be two numbers in [0, 1), got {list(o.betas)}")
+    _check(o.warmup_steps >= 0, source, f"{prefix}.warmup_steps", "must be >= 0")
+    _one_of(o.schedule, ("constant", "cosine", "linear"), source, f"{prefix}.schedule")
+    _check(o.max_grad_norm >= 0, source, f"{prefix}.max_grad_norm", "must be >= 0 (0 disables clipping)")
+
+
+def validate(cfg: RunConfig, source: str = "config") -> None:
+    """Range and choice checks that types alone cannot express. Raises ConfigError."""
+    _check(bool(cfg.name) and "/" not in cfg.name, source, "name", "must be a non-empty name without '/'")
+    _check(len(cfg.stages) > 0, source, "stages", f"must list at least one of {list(STAGES)}")
+    for i, stage in enumerate(cfg.stages):
+        _one_of(stage, STAGES, source, f"stages[{i}]")
+    _check(list(cfg.stages) == sorted(cfg.stages, key=STAGES.index) and len(set(cfg.stages)) == len(cfg.stages),
+           source, "stages", f"must be in pipeline order sft -> dpo -> grpo without repeats, got {list(cfg.stages)}")
+    _check(cfg.resume in ("auto", "never") or Path(cfg.resume).exists(), source, "resume",
+           f"must be 'auto', 'never' or an existing checkpoint path, got {cfg.resume!r}")
+
+    _one_of(cfg.model.dtype, ("float32", "bfloat16", "float16"), source, "model.dtype")
+
+    d = cfg.data
+    _check(d.eval_size >= 0, source, "data.eval_size", "must be >= 0")
+    _check(d.max_prompt_tokens > 0, source, "data.max_prompt_tokens", "must be > 0")
+    _check("{prompt}" in d.prompt_template, source, "data.prompt_template", "must contain '{prompt}'")
+    _check(d.limit is None or d.limit > 0, source, "data.limit", "must be > 0 when set")
+    a = d.arithmetic
+    _check(1 <= a.max_digits <= 9, source, "data.arithmetic.max_digits", "must be in [1, 9]")
+    for i, op in enumerate(a.ops):
+        _one_of(op, ("+", "-", "*"), source, f"data.arithmetic.ops[{i}]")
+    for k in ("n_sft", "n_rl", "n_eval"):
+        _check(getattr(a, k) >= 0, source, f"data.arithmetic.{k}", "must be >= 0")
+
+    _check(len(cfg.verifiers) > 0, source, "verifiers", "must name at least one verifier")
+    for i, spec in enumerate(cfg.verifiers):
+        _check(bool(spec.name), source, f"verifiers[{i}].name", "must be non-empty")
+        _check(spec.weight >= 0, source, f"verifiers[{i}].weight", f"must be >= 0, got {spec.weight}")
+    _check(cfg.verify.workers >= 0, source, "verify.workers", "must be >= 0")
+    _check(cfg.verify.timeout_s > 0, source, "verify.timeout_s", "must be > 0")
+
+    r = cfg.rollout
+    _one_of(r.backend, ("vllm", "hf"), source, "rollout.backend")
+    _check(r.temperature >= 0, source, "rollout.temperature", "must be >= 0")
+    _check(0 < r.top_p <= 1, source, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
+    _check(r.top_k == -1 or r.top_k > 0, source, "rollout.top_k", "must be -1 (off) or > 0")
+    _check(r.max_tokens > 0, source, "rollout.max_tokens", "must be > 0")
+    _check(0 < r.gpu_memory_utilization <= 1, source, "rollout.gpu_memory_utilization", "must be in (0, 1]")
+    _check(r.tensor_parallel_size >= 1, source, "rollout.tensor_parallel_size", "must be >= 1")
+
+    e = cfg.engine
+    _one_of(e.zero_stage, (0, 1, 2, 3), source, "engine.zero_stage")
+    _one_of(e.precision, ("fp32", "bf16"), source, "engine.precision")
+    _one_of(e.dist_backend, ("auto", "nccl", "gloo"), source, "engine.dist_backend")
+
+    g = cfg.grpo
+    _check(g.steps >= 0, source, "grpo.steps", "must be >= 0")
+    _check(g.prompts_per_step > 0, source, "grpo.prompts_per_step", "must be > 0")
+    _check(g.group_size >= 2, source, "grpo.group_size", f"must be >= 2 (advantages compare within a group), got {g.group_size}")
+    _check(g.micro_batch_size > 0, source, "grpo.micro_batch_size", "must be > 0")
+    _check(g.num_iterations >= 1, source, "grpo.num_iterations", "must be >= 1")
+    _validate_optim(g.optim, source, "grpo.optim")
+    _one_of(g.advantage, ("grpo", "dr_grpo", "rloo"), source, "grpo.advantage")
+    _one_of(g.scale, ("group", "batch", "none"), source, "grpo.scale")
+    _check(0 <= g.epsilon_low < 1, source, "grpo.epsilon_low", "must be in [0, 1)")
+    _check(g.epsilon_high >= 0, source, "grpo.epsilon_high", "must be >= 0")
+    _one_of(g.ratio_level, ("token", "sequence"), source, "grpo.ratio_level")
+    _one_of(g.aggregation, ("seq_mean", "token_mean", "constant"), source, "grpo.aggregation")
+    _check(g.constant_normalizer is None or g.constant_normalizer > 0, source, "grpo.constant_normalizer", "must be > 0")
+    _check(g.beta >= 0, source, "grpo.beta", "must be >= 0")
+    _one_of(g.tis_level, ("none", "token", "sequence"), source, "grpo.tis_level")
+    _check(g.tis_cap >= 1, source, "grpo.tis_cap", "must be >= 1")
+    _check(0 <= g.overlong_buffer < r.max_tokens, source, "grpo.overlong_buffer", "must be in [0, rollout.max_tokens)")
+    _check(g.max_sampling_rounds >= 1, source, "grpo.max_sampling_rounds", "must be >= 1")
+    _check(g.eval_every >= 0 and g.save_every >= 0, source, "grpo.eval_every", "eval_every/save_every must be >= 0")
+
+    s = cfg.sft
+    _check(s.epochs >= 1, source, "sft.epochs", "must be >= 1")
+    _check(s.max_steps is None or s.max_steps > 0, source, "sft.max_steps", "must be > 0 when set")
+    _check(s.tokens_per_batch >= s.max_seq_len, source, "sft.tokens_per_batch", "must be >= sft.max_seq_len")
+    _check(s.max_seq_len > 0, source, "sft.max_seq_len", "must be > 0")
+    _check(s.patience >= 0, source, "sft.patience", "must be >= 0")
+    _check(s.eval_every >= 0, source, "sft.eval_every", "must be >= 0")
+    _validate_optim(s.optim, source, "sft.optim")
+
+    p = cfg.dpo
+    _one_of(p.pairs, ("verifier", "file"), source, "dpo.pairs")
+    if "dpo" in cfg.stages and p.pairs == "file":
+        _check(p.pairs_file is not None, source, "dpo.pairs_file", "must be set when dpo.pairs is 'file'")
+    _check(p.samples_per_prompt >= 2, source, "dpo.samples_per_prompt", "must be >= 2 to find a contrast")
+    _one_of(p.chosen_rule, ("shortest", "random"), source, "dpo.chosen_rule")
+    _one_of(p.rejected_rule, ("most_frequent", "random", "longest"), source, "dpo.rejected_rule")
+    _one_of(p.loss_type, ("sigmoid", "ipo", "robust", "hinge", "simpo"), source, "dpo.loss_type")
+    _check(p.beta > 0, source, "dpo.beta", "must be > 0")
+    _check(0 <= p.label_smoothing < 0.5, source, "dpo.label_smoothing", "must be in [0, 0.5)")
+    _check(p.rpo_alpha >= 0, source, "dpo.rpo_alpha", "must be >= 0")
+    _check(p.epochs >= 1 and p.batch_size >= 1, source, "dpo.epochs", "epochs and batch_size must be >= 1")
+    _validate_optim(p.optim, source, "dpo.optim")
+
+    _check(cfg.eval.num_problems >= 0, source, "eval.num_problems", "must be >= 0")
+    _check(cfg.eval.k >= 0, source, "eval.k", "must be >= 0")
+
+
+def gpu_features(cfg: RunConfig) -> list[str]:
+    """The settings of this config that need a CUDA GPU."""
+    r, e = cfg.rollout, cfg.engine
+    return [k for k, on in (("engine.precision=bf16", e.precision == "bf16"),
+                            ("model.dtype=" + cfg.model.dtype, cfg.model.dtype != "float32"),
+                            ("rollout.enable_sleep_mode=true", r.enable_sleep_mode),
+                            ("rollout.tensor_parallel_size=" + str(r.tensor_parallel_size), r.tensor_parallel_size > 1),
+                            ("engine.dist_backend=nccl", e.dist_backend == "nccl")) if on]
+
+
+def check_hardware(cfg: RunConfig, source: str = "config") -> None:
+    """Refuse GPU-only settings up front on a machine without CUDA, instead of failing deep inside
+    DeepSpeed or vLLM. `grpo check` skips this so GPU configs can be validated anywhere."""
+    import torch
+
+    needs = gpu_features(cfg)
+    if needs and not torch.cuda.is_available():
+        key = needs[0].split("=")[0]
+        raise ConfigError(f"{source}: key '{key}': {', '.join(needs)} need(s) a CUDA GPU and none is visible")
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_resolved(cfg: RunConfig, run_dir: Path) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    out = run_dir / "config.yaml"
+    out.write_text(to_yaml(cfg))
+    return out

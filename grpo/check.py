@@ -1,0 +1,70 @@
+"""`grpo check`: everything that can be validated without loading weights or starting engines."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from grpo.config import RunConfig, check_hardware, gpu_features, ConfigError
+
+
+def _model_note(cfg: RunConfig) -> str:
+    name = cfg.model.name_or_path
+    if name == "tiny" or name.startswith("tiny:"):
+        return f"embedded tiny model ({name}), built locally into {cfg.model.tiny_dir}"
+    path = Path(name)
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ConfigError(f"model.name_or_path: {name} exists but has no config.json")
+        return f"local model {name}"
+    if name.startswith((".", "/")):
+        raise ConfigError(f"model.name_or_path: {name} does not exist")
+    return f"hub model {name} (not checked: loaded from the hub or the local HF cache at run time)"
+
+
+def check_config(cfg: RunConfig, source: str, hardware: bool = False) -> int:
+    """Prints what was checked; returns a process exit code (0 ok, 2 problem)."""
+    from grpo.data import DataError, load_splits, validate_rows
+
+    lines = [f"config {source}: ok (stages: {' -> '.join(cfg.stages)}, run dir {cfg.run_dir})"]
+    try:
+        lines.append("model: " + _model_note(cfg))
+        needs = gpu_features(cfg)
+        if needs:
+            lines.append("needs a CUDA GPU for: " + ", ".join(needs))
+        if hardware:
+            check_hardware(cfg, source)
+
+        import verifiers
+
+        for i, spec in enumerate(cfg.verifiers):
+            try:
+                verifiers.get(spec.name, **dict(spec.options))
+            except Exception as exc:
+                raise ConfigError(f"verifiers[{i}].name: cannot build verifier {spec.name!r}: {exc}") from None
+        lines.append("verifiers: " + ", ".join(f"{s.name} (weight {s.weight})" for s in cfg.verifiers))
+
+        d = cfg.data
+        if d.source != "arithmetic" and not Path(d.source).exists():
+            lines.append(f"data: hub dataset {d.source} (not checked: needs the network or the HF cache)")
+        else:
+            splits = load_splits(d, cfg.seed)
+            fields = [d.prompt_field, d.answer_field, *d.required_fields]
+            validate_rows(splits.rl, fields, d.source)
+            validate_rows(splits.eval, fields, d.eval_source or d.source)
+            if "sft" in cfg.stages:
+                if splits.sft is None:
+                    raise DataError(f"{d.source}: stage sft needs a '{d.solution_field}' column (data.solution_field)")
+                validate_rows(splits.sft, [d.prompt_field, d.solution_field], d.source)
+            lines.append(f"data: {len(splits.rl)} prompt rows, {len(splits.eval)} eval rows"
+                         + (f", {len(splits.sft)} demonstrations" if splits.sft is not None else ""))
+        if "dpo" in cfg.stages and cfg.dpo.pairs == "file":
+            from grpo.preference_data import load_preference_file
+
+            pairs = load_preference_file(cfg.dpo.pairs_file)
+            lines.append(f"dpo pairs: {len(pairs)} valid rows in {cfg.dpo.pairs_file}")
+    except (ConfigError, DataError) as exc:
+        print("\n".join(lines), file=sys.stderr)
+        print(f"grpo check: error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0

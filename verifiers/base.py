@@ -5,6 +5,7 @@ a verifier never evaluates it as code in the calling process.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
@@ -25,3 +26,43 @@ class Verifier(Protocol):
     def score(self, completion: str, example: dict) -> Score: ...
 
     def score_batch(self, completions: Sequence[str], examples: Sequence[dict]) -> list[Score]: ...
+
+
+class BaseVerifier:
+    """Convenience base class: implement `score`, inherit a sequential `score_batch`.
+
+    Subclassing is optional (the protocol above is what callers rely on); it saves a plug-in
+    author the batch loop and the length check.
+    """
+
+    name: str = "verifier"
+
+    def score(self, completion: str, example: dict) -> Score:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must implement score(completion, example)")
+
+    def score_batch(self, completions: Sequence[str], examples: Sequence[dict]) -> list[Score]:
+        check_batch(completions, examples)
+        return [self.score(completion, example) for completion, example in zip(completions, examples)]
+
+
+def check_batch(completions: Sequence[str], examples: Sequence[dict]) -> None:
+    """Raise a clear error when a batch's completions and examples don't line up."""
+    if len(completions) != len(examples):
+        raise ValueError(
+            f"score_batch: got {len(completions)} completions but {len(examples)} examples; "
+            "pass one example per completion (repeat the example for each of a prompt's G samples)"
+        )
+
+
+def as_score(value: Any, source: str = "verifier") -> Score:
+    """Coerce what a plug-in returned (Score, float, int or bool) into a Score.
+
+    Anything else is a bug in the plug-in, reported with its name rather than silently zeroed.
+    """
+    if isinstance(value, Score):
+        if not isinstance(value.reward, numbers.Real):
+            raise TypeError(f"{source} returned Score.reward={value.reward!r}; expected a float")
+        return value if type(value.reward) is float else Score(float(value.reward), value.info)
+    if isinstance(value, numbers.Real):  # bool, int, float, numpy scalars
+        return Score(float(value))
+    raise TypeError(f"{source} returned {type(value).__name__}; expected a float or a Score")

@@ -15,13 +15,12 @@ def resolve_model_path(cfg: ModelConfig) -> str:
     anything else is returned unchanged for transformers/vLLM to resolve (a path or a hub id)."""
     name = cfg.name_or_path
     if name == "tiny" or name.startswith("tiny:"):
-        from grpo.tiny_model import TINY_PRESETS, build_tiny_model
+        from grpo.tiny_model import DEFAULT_PRESET, TINY_PRESETS, build_preset
 
-        preset = name.split(":", 1)[1] if ":" in name else "tiny"
+        preset = name.split(":", 1)[1] if ":" in name else DEFAULT_PRESET
         if preset not in TINY_PRESETS:
             raise ValueError(f"model.name_or_path: unknown tiny preset {preset!r} (have {sorted(TINY_PRESETS)})")
-        out = Path(cfg.tiny_dir) / preset
-        return str(build_tiny_model(out, **TINY_PRESETS[preset]))
+        return str(build_preset(Path(cfg.tiny_dir) / preset, preset))
     return name
 
 

@@ -1,0 +1,289 @@
+"""The GRPO loop, in one readable function:
+
+    prompts -> rollout (G per prompt) -> verifiers -> advantages -> policy loss -> step -> push weights
+
+Each rank samples, scores and trains on its own whole groups (a group never straddles ranks);
+DeepSpeed averages gradients; statistics are averaged over ranks for logging.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from grpo.advantages import group_advantages
+from grpo.context import StageContext
+from grpo.engine import TrainEngine, all_reduce_mean, barrier, latest_checkpoint, seed_everything
+from grpo.evaluation import evaluate
+from grpo.logprobs import entropy_from_logits, gather_logprobs
+from grpo.losses import policy_loss, soft_overlong_penalty
+from grpo.metrics import progress, short
+from grpo.models import load_model
+from grpo.rollout import Group, SamplingSpec, request_seed
+
+
+@dataclass
+class Sample:
+    """One completion with everything the update needs."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    sampler_logprobs: list[float] | None
+    truncated: bool
+    reward: float
+    advantage: float = 0.0
+    in_loss: bool = True  # False for filler groups (dynamic sampling could not fill the batch)
+
+
+class PromptStream:
+    """This rank's prompts in a seeded order, reshuffled every epoch; `position` is saved in
+    checkpoints so a resumed run continues with the very next prompt."""
+
+    def __init__(self, n: int, seed: int, rank: int, world_size: int, position: int = 0):
+        self.indices = list(range(rank, n, world_size))
+        if not self.indices:
+            raise ValueError(f"rank {rank} has no prompts ({n} prompts for {world_size} ranks)")
+        self.seed = seed
+        self.position = position
+
+    def take(self, count: int) -> list[tuple[int, int]]:
+        """(stream position, example index) pairs."""
+        out = []
+        for _ in range(count):
+            epoch, offset = divmod(self.position, len(self.indices))
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(len(self.indices), generator=g)
+            out.append((self.position, self.indices[int(order[offset])]))
+            self.position += 1
+        return out
+
+
+def _pad(rows: list[list], value) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows])
+
+
+def micro_batch_tensors(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded prompt+completion ids and, on the shifted grid [b, S-1] where position t
+    predicts token t+1, the completion mask and the sampler logprobs."""
+    seqs = [s.prompt_ids + s.completion_ids for s in samples]
+    input_ids = _pad(seqs, pad_id)  # [b, S]
+    attention = _pad([[1] * len(x) for x in seqs], 0)  # [b, S]
+    width = input_ids.shape[1] - 1
+    mask = torch.zeros(len(samples), width, dtype=torch.bool)  # [b, S-1]
+    sampler = torch.zeros(len(samples), width)
+    for i, s in enumerate(samples):
+        start, end = len(s.prompt_ids) - 1, len(s.prompt_ids) - 1 + len(s.completion_ids)
+        if s.in_loss:
+            mask[i, start:end] = True
+        if s.sampler_logprobs is not None:
+            sampler[i, start:end] = torch.tensor(s.sampler_logprobs)
+    return {"input_ids": input_ids, "attention_mask": attention, "mask": mask, "sampler_logprobs": sampler,
+            "advantages": torch.tensor([s.advantage for s in samples]),
+            "truncated": torch.tensor([s.truncated for s in samples])}
+
+
+def sequence_logprobs(forward, batch: dict, temperature: float, with_entropy: bool = False):
+    """Trainer logprobs [b, S-1] of each next token (and entropies) under `forward`."""
+    logits = forward(batch["input_ids"], batch["attention_mask"])[:, :-1]  # [b, S-1, V]
+    logps = gather_logprobs(logits, batch["input_ids"][:, 1:], temperature=max(temperature, 1e-6))
+    ent = None
+    if with_entropy:
+        with torch.no_grad():
+            ent = entropy_from_logits(logits.detach(), temperature=max(temperature, 1e-6))
+    return logps, ent
+
+
+def _score_groups(ctx: StageContext, groups: list[Group], rows: list[dict]) -> tuple[list[list[float]], dict]:
+    texts = [c.text for g in groups for c in g.completions]
+    flat_rows = [row for g, row in zip(groups, rows) for _ in g.completions]
+    scores = ctx.verifier.score_batch(texts, flat_rows)
+    per_verifier: dict[str, list[float]] = {}
+    for s in scores:
+        for name, r in (s.info.get("rewards") or {}).items():
+            per_verifier.setdefault(name, []).append(float(r))
+    G = len(groups[0].completions) if groups else 0
+    rewards = [[scores[i * G + j].reward for j in range(G)] for i in range(len(groups))]
+    return rewards, {f"rewards/{k}/mean": sum(v) / len(v) for k, v in per_verifier.items()}
+
+
+def train(ctx: StageContext, init_model_path: str) -> Path:
+    """GRPO from `init_model_path`; returns the final Hugging Face model directory."""
+    cfg, g, dist = ctx.cfg, ctx.cfg.grpo, ctx.dist
+    stage_dir = ctx.run_dir / "grpo"
+    ckpt_dir, final_dir = stage_dir / "checkpoints", stage_dir / "final"
+    seed_everything(cfg.seed + dist.rank)
+    examples = ctx.examples("rl")
+    rollout, logger = ctx.rollout, ctx.log("grpo")
+    G, P = g.group_size, g.prompts_per_step
+    batch_size = P * G
+    n_micro = math.ceil(batch_size / g.micro_batch_size)
+    spec = SamplingSpec.from_config(cfg.rollout, n=G)
+    pad_id = ctx.tokenizer.pad_token_id
+
+    model = load_model(init_model_path, cfg.model)
+    engine = TrainEngine(model, cfg.engine, g.optim, total_steps=g.steps * g.num_iterations,
+                         micro_batch_size=g.micro_batch_size, grad_accum=n_micro)
+    ref_model = load_model(init_model_path, cfg.model, trainable=False) if g.beta > 0 else None
+    ref_forward = (lambda ids, att: ref_model(input_ids=ids, attention_mask=att, use_cache=False).logits)
+
+    start_step, position = 0, 0
+    tag = latest_checkpoint(ckpt_dir) if cfg.resume == "auto" else None
+    if cfg.resume not in ("auto", "never"):
+        ckpt_dir, tag = Path(cfg.resume).parent, Path(cfg.resume).name
+    if tag is not None:
+        state = engine.load_checkpoint(ckpt_dir, tag)
+        start_step, position = state["step"], state["data_position"][dist.rank]
+        if dist.is_main:
+            print(f"[grpo] resumed from checkpoint {ckpt_dir / tag} at step {start_step}", flush=True)
+    stream = PromptStream(len(examples), cfg.seed, dist.rank, dist.world_size, position)
+    push_s = rollout.push_weights(engine.named_weights())  # the engine may hold another stage's weights
+
+    def save(step: int) -> None:
+        positions = [int(p) for p in all_gather_int(stream.position)]
+        engine.save_checkpoint(ckpt_dir, f"step{step}", {"step": step, "data_position": positions})
+
+    bar = progress(total=g.steps, initial=start_step, desc="grpo", enabled=ctx.show_progress)
+    for step in range(start_step, g.steps):
+        timings = {"timing/weight_push": push_s}
+        # ---- rollout + verification (with DAPO dynamic sampling) --------------------------------
+        kept: list[tuple[Group, list[float]]] = []
+        dropped: list[tuple[Group, list[float]]] = []
+        per_verifier: dict[str, float] = {}
+        rounds, t_gen, t_ver, all_rewards = 0, 0.0, 0.0, []
+        while len(kept) < P and rounds < (g.max_sampling_rounds if g.dynamic_sampling else 1):
+            picks = stream.take(P - len(kept))
+            batch_ex = [examples[i] for _, i in picks]
+            t0 = time.perf_counter()
+            groups = rollout.generate([e.prompt for e in batch_ex], spec,
+                                      [request_seed(cfg.seed, pos) for pos, _ in picks])
+            t1 = time.perf_counter()
+            rewards, pv = _score_groups(ctx, groups, [e.row for e in batch_ex])
+            t_gen, t_ver = t_gen + t1 - t0, t_ver + time.perf_counter() - t1
+            per_verifier = pv if not per_verifier else {k: (per_verifier.get(k, v) + v) / 2 for k, v in pv.items()}
+            for grp, rw in zip(groups, rewards):
+                all_rewards.extend(rw)
+                if g.dynamic_sampling and max(rw) == min(rw):
+                    dropped.append((grp, rw))
+                else:
+                    kept.append((grp, rw))
+            rounds += 1
+        n_real = len(kept)
+        # A batch has a fixed shape (DeepSpeed's accumulation count); unfillable slots hold dropped
+        # groups with no tokens in the loss.
+        filler = (dropped + kept)[: P - n_real] if n_real < P else []
+        batch_groups = kept[:P] + filler
+        timings.update({"timing/generation": t_gen, "timing/verification": t_ver})
+
+        # ---- advantages ----------------------------------------------------------------------------
+        samples: list[Sample] = []
+        for k, (grp, rw) in enumerate(batch_groups):
+            for c, r in zip(grp.completions, rw):
+                samples.append(Sample(grp.prompt_ids, c.token_ids, c.logprobs, c.truncated, r, in_loss=k < n_real))
+        rewards_t = torch.tensor([s.reward for s in samples])
+        if g.overlong_buffer > 0:
+            lengths = torch.tensor([len(s.completion_ids) for s in samples])
+            rewards_t = rewards_t + soft_overlong_penalty(lengths, cfg.rollout.max_tokens, g.overlong_buffer,
+                                                          g.overlong_penalty)
+        adv = group_advantages(rewards_t, G, method=g.advantage,
+                               scale=g.scale if g.advantage == "grpo" else "none")
+        for s, a in zip(samples, adv.advantages.tolist()):
+            s.advantage = a
+        micro = [samples[i:i + g.micro_batch_size] for i in range(0, len(samples), g.micro_batch_size)]
+        tensors = [micro_batch_tensors(m, pad_id) for m in micro]
+        loss_tokens = sum(int((t["mask"] & ~(t["truncated"][:, None] & g.overlong_filter)).sum()) for t in tensors)
+        loss_seqs = sum(s.in_loss and not (g.overlong_filter and s.truncated) for s in samples)
+
+        # ---- reference and old-policy logprobs ------------------------------------------------------
+        t0 = time.perf_counter()
+        temp = cfg.rollout.temperature
+        with torch.no_grad():
+            for t in tensors:
+                if ref_model is not None:
+                    t["ref_logprobs"] = sequence_logprobs(ref_forward, t, temp)[0]
+                if g.num_iterations > 1:
+                    t["old_logprobs"] = sequence_logprobs(engine.forward, t, temp)[0]
+        timings["timing/logprob_passes"] = time.perf_counter() - t0
+
+        # ---- update -----------------------------------------------------------------------------------
+        t0 = time.perf_counter()
+        rollout.sleep()
+        engine.train()
+        stats_acc: dict[str, float] = {}
+        mismatch, mismatch_n = 0.0, 0
+        for it in range(g.num_iterations):
+            for t in tensors:
+                logps, ent = sequence_logprobs(engine.forward, t, temp, with_entropy=(it == 0))
+                loss, st = policy_loss(
+                    logps, t.get("old_logprobs"), t["advantages"], t["mask"],
+                    epsilon_low=g.epsilon_low, epsilon_high=g.epsilon_high, ratio_level=g.ratio_level,
+                    aggregation=g.aggregation,
+                    constant_normalizer=g.constant_normalizer or float(cfg.rollout.max_tokens),
+                    batch_num_tokens=float(loss_tokens), batch_num_sequences=float(loss_seqs),
+                    ref_logprobs=t.get("ref_logprobs"), beta=g.beta,
+                    sampler_logprobs=t["sampler_logprobs"] if spec.temperature > 0 else None,
+                    tis_level=None if g.tis_level == "none" else g.tis_level, tis_cap=g.tis_cap,
+                    truncated=t["truncated"] if g.overlong_filter else None, entropy=ent)
+                engine.backward(loss)
+                if it == 0:
+                    m = t["mask"]
+                    mismatch += float((logps.detach() - t["sampler_logprobs"]).abs()[m].sum())
+                    mismatch_n += int(m.sum())
+                    for k, v in st.items():
+                        v = float(v)
+                        if math.isfinite(v):
+                            stats_acc[k] = stats_acc.get(k, 0.0) + v / len(tensors)
+            step_stats = engine.step()
+        engine.eval()
+        timings["timing/update"] = time.perf_counter() - t0
+        rollout.wake_up()
+        push_s = rollout.push_weights(engine.named_weights())
+
+        # ---- metrics ----------------------------------------------------------------------------------
+        lengths = [len(s.completion_ids) for s in samples[: n_real * G]] or [0]
+        gen_tokens = sum(len(c.token_ids) for grp, _ in batch_groups for c in grp.completions)
+        ar = torch.tensor(all_rewards)
+        local = {
+            "reward/mean": float(ar.mean()), "reward/std": float(ar.std()) if len(ar) > 1 else 0.0,
+            "frac_reward_zero_std": adv.zero_std_fraction,
+            "completions/mean_length": sum(lengths) / len(lengths), "completions/max_length": max(lengths),
+            "completions/clipped_ratio": sum(s.truncated for s in samples) / len(samples),
+            "sampling/rounds": rounds, "sampling/dropped_groups": len(dropped), "sampling/filler_groups": len(filler),
+            "sampler_logprob_diff": mismatch / max(mismatch_n, 1),
+            "tokens_per_second": gen_tokens / max(t_gen, 1e-9),
+            **per_verifier, **{f"policy/{k}": v for k, v in stats_acc.items()}, **step_stats, **timings,
+        }
+        record = all_reduce_mean(local)
+        record["timing/weight_push"] = push_s
+        record["epoch"] = stream.position / len(stream.indices)
+        if g.eval_every and (step + 1) % g.eval_every == 0 and step + 1 < g.steps:
+            record.update({f"eval/{k}": v for k, v in run_eval(ctx).items()})
+        logger.log(step + 1, record)
+        bar.update(1)
+        bar.set_postfix(short(record, ["reward/mean", "policy/kl", "completions/mean_length", "eval/pass@1"]))
+        if g.save_every and (step + 1) % g.save_every == 0 and step + 1 < g.steps:
+            save(step + 1)
+    bar.close()
+    if g.steps > start_step:
+        save(g.steps)
+    engine.save_pretrained(final_dir, ctx.tokenizer)
+    barrier()
+    del engine
+    return final_dir
+
+
+def run_eval(ctx: StageContext) -> dict:
+    cfg = ctx.cfg
+    examples = ctx.examples("eval")[: cfg.eval.num_problems]
+    return evaluate(ctx.rollout, ctx.verifier, examples, max_tokens=cfg.eval.max_tokens or cfg.rollout.max_tokens,
+                    k=cfg.eval.k, temperature=cfg.eval.temperature, seed=cfg.seed, rank=ctx.dist.rank,
+                    world_size=ctx.dist.world_size)
+
+
+def all_gather_int(value: int) -> list[int]:
+    from grpo.engine import all_gather_objects
+
+    return all_gather_objects(int(value))

@@ -1,0 +1,112 @@
+"""The pipeline: run the configured stages in order (sft -> dpo -> grpo), each starting from the
+previous stage's model, evaluating after each one with the shared rollout engine, and writing the
+run directory: config.yaml, metrics.jsonl, summary.json, plots, checkpoints, final models."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from grpo.config import RunConfig, save_resolved
+from grpo.context import StageContext
+from grpo.data import load_splits
+from grpo.engine import barrier, init_distributed, seed_everything
+from grpo.models import load_tokenizer, resolve_model_path
+
+
+def _stage_module(stage: str):
+    if stage == "sft":
+        from grpo import sft_loop as module
+    elif stage == "dpo":
+        from grpo import dpo_loop as module
+    else:
+        from grpo import grpo_loop as module
+    return module
+
+
+def load_weights(model_dir: str | Path):
+    """(name, tensor) pairs of a saved Hugging Face model, for a push into the rollout engine."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{model_dir}: no *.safetensors weights")
+    for f in files:
+        yield from load_file(str(f)).items()
+
+
+def setup(cfg: RunConfig) -> StageContext:
+    dist = init_distributed(cfg.engine)
+    seed_everything(cfg.seed)
+    run_dir = cfg.run_dir
+    if dist.is_main:
+        save_resolved(cfg, run_dir)
+        model_path = resolve_model_path(cfg.model)  # builds the embedded model once, on rank 0
+    barrier()
+    model_path = resolve_model_path(cfg.model)
+    tokenizer = load_tokenizer(model_path, cfg.model)
+    splits = load_splits(cfg.data, cfg.seed)
+    return StageContext(cfg=cfg, dist=dist, run_dir=run_dir, base_model_path=model_path, tokenizer=tokenizer,
+                        splits=splits)
+
+
+def _eval_model(ctx: StageContext, model_dir: str | None) -> dict:
+    from grpo.grpo_loop import run_eval
+
+    if model_dir is not None:
+        ctx.rollout.push_weights(load_weights(model_dir))
+    return run_eval(ctx)
+
+
+def run(cfg: RunConfig, stages: list[str] | None = None) -> dict:
+    """Runs the stages; returns the summary (also written to summary.json on rank 0)."""
+    stages = list(stages or cfg.stages)
+    ctx = setup(cfg)
+    summary_path = ctx.run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() and cfg.resume == "auto" else {}
+    summary.setdefault("stages", {})
+    current = ctx.base_model_path
+    say = print if ctx.dist.is_main else (lambda *a, **k: None)
+    try:
+        if cfg.eval.num_problems > 0 and "base" not in summary["stages"]:
+            summary["stages"]["base"] = {"model": current, **_eval_model(ctx, None)}
+            say(f"[pipeline] base model: pass@1 {summary['stages']['base']['pass@1']:.3f}", flush=True)
+        for stage in stages:
+            final_dir = ctx.run_dir / stage / "final"
+            if cfg.resume == "auto" and (final_dir / "config.json").exists() and stage in summary["stages"]:
+                say(f"[pipeline] stage {stage} already finished in {final_dir}; resuming after it", flush=True)
+                current = str(final_dir)
+                continue
+            say(f"[pipeline] stage {stage}: starting from {current}", flush=True)
+            t0 = time.perf_counter()
+            current = str(_stage_module(stage).train(ctx, current))
+            wall = time.perf_counter() - t0
+            result = {"model": current, "wall_s": round(wall, 1)}
+            if cfg.eval.num_problems > 0:
+                result.update(_eval_model(ctx, current))
+            summary["stages"][stage] = result
+            if ctx.dist.is_main:
+                summary_path.write_text(json.dumps(summary, indent=2))
+            say(f"[pipeline] stage {stage} done in {wall:.0f}s"
+                + (f": pass@1 {result['pass@1']:.3f}" if "pass@1" in result else ""), flush=True)
+        summary["final_model"] = current
+        if ctx.dist.is_main:
+            summary_path.write_text(json.dumps(summary, indent=2))
+            from grpo.report import print_summary, write_plots
+
+            write_plots(ctx.run_dir)
+            print_summary(summary)
+    finally:
+        ctx.close()
+    return summary
+
+
+def evaluate_only(cfg: RunConfig, model_path: str | None = None) -> dict:
+    ctx = setup(cfg)
+    try:
+        result = _eval_model(ctx, model_path)
+        if ctx.dist.is_main:
+            print(json.dumps(result, indent=2))
+        return result
+    finally:
+        ctx.close()

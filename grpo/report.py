@@ -1,0 +1,56 @@
+"""End-of-run report: the summary table on the terminal and a PNG of reward and accuracy."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from grpo.metrics import read_metrics
+
+
+def summary_table(summary: dict) -> str:
+    stages = summary.get("stages", {})
+    keys = sorted({k for r in stages.values() for k in r if k.startswith(("pass@", "maj@"))},
+                  key=lambda k: (k[:4], int(k.split("@")[1])))
+    head = ["stage", *keys, "wall_s"]
+    rows = [[name, *[f"{r[k]:.3f}" if k in r else "-" for k in keys], f"{r.get('wall_s', 0):.0f}"]
+            for name, r in stages.items()]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(head), sep, *[line(r) for r in rows]])
+
+
+def print_summary(summary: dict) -> None:
+    n = next((r.get("n") for r in summary.get("stages", {}).values() if r.get("n")), None)
+    print(f"\nHeld-out evaluation ({n} problems, greedy pass@1):" if n else "\nSummary:")
+    print(summary_table(summary))
+
+
+def write_plots(run_dir: str | Path) -> Path | None:
+    """reward (GRPO), loss (SFT, DPO) and eval accuracy over steps -> run_dir/plots/curves.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(run_dir)
+    if not rows:
+        return None
+    panels = [("grpo", "reward/mean", "GRPO mean reward"), ("grpo", "eval/pass@1", "GRPO eval pass@1"),
+              ("sft", "loss", "SFT train loss"), ("sft", "eval/loss", "SFT eval loss"),
+              ("dpo", "loss", "DPO loss"), ("dpo", "rewards/accuracy", "DPO pair accuracy")]
+    present = [(s, k, t) for s, k, t in panels if any(r.get("stage") == s and k in r for r in rows)]
+    if not present:
+        return None
+    fig, axes = plt.subplots(len(present), 1, figsize=(7, 2.4 * len(present)), squeeze=False)
+    for ax, (stage, key, title) in zip(axes[:, 0], present):
+        pts = [(r["step"], r[key]) for r in rows if r.get("stage") == stage and isinstance(r.get(key), (int, float))]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 50 else None)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(run_dir) / "plots" / "curves.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,163 @@
+"""String clean-up of an extracted answer before parsing.
+
+Both the reference and the model's answer go through `normalize_answer`, so a rule only has to
+make equal answers look alike; it never has to be a full LaTeX interpreter. Rules that could
+change the meaning of a structured answer (thousands separators, decimal commas) only apply
+when the whole answer is one number.
+"""
+from __future__ import annotations
+
+import re
+
+# Unicode a model may emit instead of LaTeX.
+_UNICODE = {
+    "−": "-", "–": "-", "×": r"\times ", "÷": "/", "·": r"\cdot ", "⋅": r"\cdot ",
+    "π": r"\pi ", "∞": r"\infty ", "±": r"\pm ", "∓": r"\mp ", "√": r"\sqrt ",
+    "≤": r"\le ", "≥": r"\ge ", "≠": r"\ne ", "∪": r"\cup ", "∩": r"\cap ", "∈": r"\in ",
+    "°": r"^\circ ", "\u00a0": " ", "\u2009": " ", "\u202f": " ", "％": "%",
+}
+
+# Commands that only style their argument: `\text{5 cm}` -> `5 cm`.
+_WRAPPERS = (
+    "text", "textbf", "textit", "textrm", "textsf", "texttt", "mathrm", "mathbf", "mathit",
+    "mathsf", "mathtt", "mathnormal", "boldsymbol", "bm", "mbox", "hbox", "operatorname",
+    "displaystyle", "emph",
+)
+_WRAPPER_RE = re.compile(r"\\(" + "|".join(_WRAPPERS) + r")\s*\{")
+
+# Spacing and sizing commands that carry no meaning.
+_NOISE_RE = re.compile(
+    r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr|Biggl|Biggr|big|Big|bigg|Bigg|displaystyle"
+    r"|textstyle|scriptstyle|limits|nolimits|quad|qquad|hfill|mathstrut)(?![a-zA-Z])"
+)
+_SPACING_RE = re.compile(r"(?<!\\)\\[!,;:> ]|~")  # not the `\\ ` of a matrix row break
+
+_DEGREES_RE = re.compile(
+    r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree|\^\s*\{\s*o\s*\}(?![a-zA-Z])"
+)
+_TRIG_RE = re.compile(r"\\?(?:sin|cos|tan|cot|sec|csc)(?![a-zA-Z])")
+_DEGREE_NUMBER_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\degree)")
+_PERCENT_RE = re.compile(r"\\?%|\bpercent\b|\bper\s*cent\b", re.IGNORECASE)
+_CURRENCY_RE = re.compile(r"\\\$|\$|€|£|¥|₹|\\euro|\bUSD\b|\bdollars?\b|\bcents?\b|\beuros?\b|\brs\.?(?=\s*\d)",
+                          re.IGNORECASE)
+
+# Words that are maths, not units: never strip them as a trailing unit.
+MATH_WORDS = frozenset(
+    "sqrt frac dfrac tfrac pi infty infinity inf oo sin cos tan cot sec csc arcsin arccos arctan "
+    "sinh cosh tanh log ln exp lg or and i e".split()
+)
+# A trailing run of words after a number-ish end, optionally squared/cubed: "5 cm^2", "12 apples".
+_TRAILING_UNIT_RE = re.compile(
+    r"^(?P<value>.*?[0-9}\)\]])\s*(?P<unit>(?<![\\a-zA-Z])[a-zA-Z]{2,}\.?(?:\s+[a-zA-Z]+\.?)*)"
+    r"\s*(?:\^\s*\{?\s*[23]\s*\}?)?$"
+)
+_LEADING_WORDS_RE = re.compile(r"^(?:the\s+)?(?:answer|result|value|solution)s?\s*(?:is|:|=)\s*", re.IGNORECASE)
+
+_WHOLE_THOUSANDS_RE = re.compile(r"^[-+]?\d{1,3}(?:(?:,|\{,\}|\\,|\s)\d{3})+(?:\.\d+)?$")
+_WHOLE_DECIMAL_COMMA_RE = re.compile(r"^[-+]?\d+,(?!\d{3}$)\d+$")
+_WHOLE_EUROPEAN_RE = re.compile(r"^[-+]?\d{1,3}(?:\.\d{3})+,\d+$")
+_BRACED_COMMA_RE = re.compile(r"(?<=\d)\{,\}(?=\d)")
+
+
+def unwrap_command(text: str, pattern: re.Pattern) -> str:
+    """Replace `\\cmd{arg}` by `arg` for every command `pattern` matches (up to its `{`),
+    respecting nested braces. Unbalanced input is left as it is."""
+    out: list[str] = []
+    pos = 0
+    while True:
+        match = pattern.search(text, pos)
+        if match is None:
+            out.append(text[pos:])
+            return "".join(out)
+        close = matching_brace(text, match.end() - 1)
+        if close < 0:
+            out.append(text[pos:])
+            return "".join(out)
+        out.append(text[pos:match.start()])
+        out.append(text[match.end():close])
+        pos = close + 1
+
+
+def matching_brace(text: str, open_index: int) -> int:
+    """Index of the `}` closing the `{` at `open_index`, or -1."""
+    depth = 0
+    for index in range(open_index, len(text)):
+        char = text[index]
+        if char == "\\":
+            continue
+        if char == "{" and (index == 0 or text[index - 1] != "\\"):
+            depth += 1
+        elif char == "}" and (index == 0 or text[index - 1] != "\\"):
+            depth -= 1
+            if depth == 0:
+                return index
+    return -1
+
+
+def strip_math_delimiters(text: str) -> str:
+    text = text.strip()
+    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if text.startswith(left) and text.endswith(right) and len(text) >= len(left) + len(right):
+            return text[len(left):len(text) - len(right)].strip()
+    return text
+
+
+def _normalize_single_number(text: str) -> str:
+    """Thousands separators and decimal commas, only when `text` is one number."""
+    compact = text.strip()
+    if _WHOLE_THOUSANDS_RE.match(compact):
+        return re.sub(r"\{,\}|\\,|,|\s", "", compact)
+    if _WHOLE_EUROPEAN_RE.match(compact):
+        return compact.replace(".", "").replace(",", ".")
+    if _WHOLE_DECIMAL_COMMA_RE.match(compact):
+        return compact.replace(",", ".")
+    return text
+
+
+def _strip_trailing_unit(text: str) -> str:
+    match = _TRAILING_UNIT_RE.match(text)
+    if match is None:
+        return text
+    words = re.findall(r"[a-zA-Z]+", match.group("unit"))
+    if any(word.lower() in MATH_WORDS for word in words):
+        return text
+    return match.group("value").strip()
+
+
+def normalize_answer(text: str) -> str:
+    """Canonical spelling of one extracted answer (a LaTeX or plain-text string)."""
+    text = text.strip()
+    for char, replacement in _UNICODE.items():
+        if char in text:
+            text = text.replace(char, replacement)
+    text = strip_math_delimiters(text)
+    text = _LEADING_WORDS_RE.sub("", text)
+    text = re.sub(r"\\[dt]frac(?![a-zA-Z])", r"\\frac", text)
+    text = re.sub(r"\\[dt]binom(?![a-zA-Z])", r"\\binom", text)
+    text = text.replace("\\{", "\x00LB").replace("\\}", "\x00RB")  # protect set braces
+    text = unwrap_command(text, _WRAPPER_RE)
+    text = text.replace("\x00LB", "\\{").replace("\x00RB", "\\}")
+    text = _BRACED_COMMA_RE.sub(",", text)
+    # `1\,000` and `1\!000` are thousands; elsewhere thin spaces are just spacing.
+    text = re.sub(r"(?<=\d)\\[,!](?=\d{3}(?!\d))", ",", text)
+    text = _NOISE_RE.sub("", text)
+    text = _SPACING_RE.sub(" ", text)
+    if _TRIG_RE.search(text):
+        # Inside trigonometry a degree mark changes the value: sin 30° = sin(pi/6).
+        text = _DEGREE_NUMBER_RE.sub(r"{(\1\\pi/180)}", text)
+    text = _DEGREES_RE.sub("", text)
+    text = re.sub(r"\bdegrees?\b", "", text, flags=re.IGNORECASE)
+    text = _PERCENT_RE.sub("", text)
+    text = _CURRENCY_RE.sub("", text)
+    text = re.sub(r"\\(?:infty|infinity)|\binfinity\b", r"\\infty ", text)
+    text = text.replace("**", "^")
+    text = re.sub(r"\s+", " ", text).strip()
+    text = text.rstrip(".").rstrip()
+    text = strip_math_delimiters(text)
+    text = _strip_trailing_unit(text)
+    # Single-character LaTeX arguments: `\frac12`, `\frac{a}2`, `\sqrt2`.
+    text = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", text)
+    text = re.sub(r"\\frac\s*(\{[^{}]*\})\s*([0-9a-zA-Z])", r"\\frac\1{\2}", text)
+    text = re.sub(r"\\sqrt\s*(\d)", r"\\sqrt{\1}", text)
+    text = _normalize_single_number(text)
+    return text.strip()

@@ -30,7 +30,7 @@ from typing import Any
 
 from verifiers import registry
 from verifiers.base import Score, as_score, check_batch
-from verifiers.pool import ScoringPool
+from verifiers.pool import ScoringPool, pickle_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,8 @@ class CompositeVerifier:
         self.log_errors = True  # off inside pool workers: the parent logs what they report
         self._pool: ScoringPool | None = None
         if workers:
-            self._recipe = self._worker_recipe()  # checks picklability now
+            self._recipe = self._worker_recipe()
+            pickle_recipe(self._recipe, "verifiers")  # unpicklable plug-ins fail now, not at the first batch
 
     @property
     def labels(self) -> list[str]:

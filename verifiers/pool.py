@@ -61,6 +61,18 @@ class PoolStartError(RuntimeError):
     """A worker could not build the verifier: a configuration error, raised rather than scored 0."""
 
 
+def pickle_recipe(recipe: Callable[[], Any], name: str = "verifier") -> bytes:
+    """The recipe as bytes for the workers, or a TypeError that says how to fix it."""
+    try:
+        return pickle.dumps(recipe)
+    except Exception as exc:
+        raise TypeError(
+            f"{name}: cannot send this verifier to worker processes ({type(exc).__name__}: {exc}). "
+            "Define plug-in functions and classes at module level (not lambdas or closures), "
+            "or score inline with workers=0."
+        ) from exc
+
+
 def identity_recipe(verifier: Any) -> Callable[[], Any]:
     """A recipe that ships the verifier itself (it must pickle) to the workers."""
     return partial(_return, verifier)
@@ -133,14 +145,7 @@ class ScoringPool:
                 f"start_method must be one of {START_METHODS} (a plain fork of a process with torch "
                 f"or threads loaded can deadlock), got {start_method!r}"
             )
-        try:
-            self._recipe_bytes = pickle.dumps(recipe)
-        except Exception as exc:
-            raise TypeError(
-                f"{name}: cannot send this verifier to worker processes ({type(exc).__name__}: {exc}). "
-                "Define plug-in functions and classes at module level (not lambdas or closures), "
-                "or score inline with workers=0."
-            ) from exc
+        self._recipe_bytes = pickle_recipe(recipe, name)
         self.name = name
         self.workers = workers
         self.timeout_s = float(timeout_s)

@@ -311,12 +311,44 @@ def _symbol(name: str):
     return symbol
 
 
+MAX_AST_NODES = 400
+MAX_POWER_NESTING = 4  # x^{x^{x^{x}}} is fine; a deeper tower is compared by its written form
+
+
 def to_sympy(node, limits: Limits = DEFAULT_LIMITS):
     """A sympy expression for `node`; raises TooLarge / Undefined."""
     exact = exact_value(node, limits)
     if exact is not None:
         return _from_fraction(exact)
+    nodes, nesting = _measure(node)
+    if nodes > MAX_AST_NODES or nesting > MAX_POWER_NESTING:
+        raise TooLarge("expression too large for sympy")
     return _check_defined(_build(node, limits))
+
+
+def _measure(node) -> tuple[int, int]:
+    """(number of nodes, deepest nesting of powers) of an AST."""
+    tag = node[0]
+    if tag in ("n", "s", "c"):
+        return 1, 0
+    if tag in ("+", "*"):
+        children = node[1]
+    elif tag in ("/", "^"):
+        children = [node[1], node[2]]
+    elif tag in ("neg", "!"):
+        children = [node[1]]
+    elif tag == "f":
+        children = node[2]
+    else:
+        children = [child for child in node[1:] if isinstance(child, tuple)]
+    total, nesting = 1, 0
+    for index, child in enumerate(children):
+        child_nodes, child_nesting = _measure(child)
+        total += child_nodes
+        if tag == "^" and index == 1:
+            child_nesting += 1
+        nesting = max(nesting, child_nesting)
+    return total, nesting
 
 
 def _build(node, limits: Limits):
@@ -404,8 +436,11 @@ def superscript_depth(text: str) -> int:
 
 def sympy_from_latex(text: str, limits: Limits = DEFAULT_LIMITS):
     """Parse LaTeX with latex2sympy (a grammar, not eval) and evaluate it under the guards."""
-    if superscript_depth(text) >= 3:
+    depth = superscript_depth(text)
+    if depth >= 3:
         raise TooLarge("power tower")
+    if depth >= 2 and any(name in text for name in ("gcd", "lcm")):
+        raise TooLarge("latex2sympy evaluates gcd/lcm while parsing")  # before our guards can run
     from latex2sympy2_extended.latex2sympy2 import ConversionConfig, latex2sympy
 
     sympy = _sympy()
@@ -422,10 +457,18 @@ def sympy_from_latex(text: str, limits: Limits = DEFAULT_LIMITS):
 
 
 _UNEVALUATED_CALCULUS = ("Integral", "Sum", "Product", "Limit", "Derivative")
+# Functions whose evaluation cost does not grow with the size of their arguments.
+_SAFE_FUNCTIONS = frozenset(
+    "Add Mul sin cos tan cot sec csc asin acos atan acot asec acsc sinh cosh tanh coth asinh acosh "
+    "atanh exp log Abs floor ceiling frac re im arg conjugate sign Min Max".split()
+)
+# An argument this small is safe for any function (gamma(50), fibonacci(30), ...).
+_SMALL_ARGUMENT = 1000
 
 
 def _rebuild(expr, limits: Limits):
-    """Evaluate latex2sympy's `evaluate=False` tree bottom-up, guarding powers and factorials."""
+    """Evaluate latex2sympy's `evaluate=False` tree bottom-up, guarding every step whose cost
+    grows with its arguments (powers, factorials, gamma, ...)."""
     sympy = _sympy()
     if expr.is_Atom:
         return expr
@@ -440,4 +483,9 @@ def _rebuild(expr, limits: Limits):
         return guarded_factorial(args[0], limits)
     if isinstance(expr, sympy.binomial):
         return guarded_binomial(args[0], args[1], limits)
-    return expr.func(*args)
+    if type(expr).__name__ in _SAFE_FUNCTIONS:
+        return expr.func(*args)
+    if all(arg.is_Number and abs(arg) <= _SMALL_ARGUMENT for arg in args if arg.is_number) and \
+            all(arg.is_Number for arg in args if arg.is_number):
+        return expr.func(*args)
+    raise TooLarge(f"{type(expr).__name__} of a large or irrational argument")

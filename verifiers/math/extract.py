@@ -19,7 +19,6 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from .normalize import matching_brace
 
 ALL_SOURCES = ("answer_tag", "boxed", "final_answer", "answer_colon", "gsm8k", "last_number")
 # Named strictness levels (the `extraction` option); a list of source names is accepted too.
@@ -29,11 +28,11 @@ EXTRACTION_MODES = {
     "any": ALL_SOURCES,
 }
 
-_ANSWER_TAG_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*(?=[{ ])")
 _FINAL_ANSWER_RE = re.compile(r"(?:final\s+answer|the\s+answer)\s*(?:is|:|=)?\s*:?", re.IGNORECASE)
 _ANSWER_COLON_RE = re.compile(r"(?<![a-zA-Z])answer\s*:", re.IGNORECASE)
 _GSM8K_RE = re.compile(r"####\s*")
+_BRACE_OR_ESCAPE_RE = re.compile(r"\\.|[{}]", re.DOTALL)  # `\{` and `\}` are escapes, not braces
 _NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
 # What may sit between two boxes that belong to one answer.
 _BOX_GAP_RE = re.compile(r"^[\s,;$]*(?:(?:\\text\{\s*)?(or|and)(?:\s*\})?)?[\s,;$]*$", re.IGNORECASE)
@@ -73,15 +72,34 @@ def extract_answer(completion: str, sources: Iterable[str] = ALL_SOURCES) -> Ext
     return None
 
 
+def _brace_pairs(text: str) -> dict[int, int]:
+    """Index of each `{` -> index of its `}`, in one pass (a completion may hold thousands of
+    unclosed `\\boxed{`: matching each one separately would be quadratic)."""
+    pairs: dict[int, int] = {}
+    stack: list[int] = []
+    # Braces before the first box cannot close one; unmatched `{` there just stay on the stack.
+    start = min(position for position in (text.find("\\boxed"), text.find("\\fbox"), len(text)) if position >= 0)
+    for match in _BRACE_OR_ESCAPE_RE.finditer(text, start):
+        char = match.group(0)
+        if char == "{":
+            stack.append(match.start())
+        elif char == "}" and stack:
+            pairs[stack.pop()] = match.start()
+    return pairs
+
+
 def _boxed_spans(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, content) of every `\\boxed{...}` / `\\boxed X` / `\\fbox{...}`."""
+    """(start, end, content) of every outermost `\\boxed{...}` / `\\boxed X` / `\\fbox{...}`."""
+    if "\\boxed" not in text and "\\fbox" not in text:
+        return []
+    pairs = _brace_pairs(text)
     spans = []
     for match in _BOX_RE.finditer(text):
         brace = match.end()
         while brace < len(text) and text[brace] == " ":
             brace += 1
         if brace < len(text) and text[brace] == "{":
-            close = matching_brace(text, brace)
+            close = pairs.get(brace, -1)
             if close < 0:
                 continue
             spans.append((match.start(), close + 1, text[brace + 1:close]))
@@ -120,10 +138,14 @@ def extract_boxed(text: str) -> str | None:
 
 
 def _extract_answer_tag(text: str) -> str | None:
-    matches = _ANSWER_TAG_RE.findall(text)
-    if not matches:
+    lowered = text.lower()  # the last <answer>...</answer>, found in linear time
+    close = lowered.rfind("</answer>")
+    if close < 0:
         return None
-    inner = matches[-1]
+    open_ = lowered.rfind("<answer>", 0, close)
+    if open_ < 0:
+        return None
+    inner = text[open_ + len("<answer>"):close]
     boxed = extract_boxed(inner)
     return boxed if boxed is not None else inner
 

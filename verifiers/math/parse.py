@@ -106,15 +106,15 @@ _MAX_PM_VARIANTS = 8
 def parse_answer(text: str) -> Any:
     """The structured value of one normalized answer string. Never raises: what cannot be
     read as maths becomes `Text`."""
-    matrix = _MATRIX_RE.match(text.strip())
-    if matrix:
-        return _parse_matrix(matrix.group("body"), text)
-    tokens = tokenize(text)
-    if not tokens or any(token.kind == "word" for token in tokens):
-        return Text.of(text)
     try:
+        matrix = _MATRIX_RE.match(text.strip())
+        if matrix:
+            return _parse_matrix(matrix.group("body"), text)
+        tokens = tokenize(text)
+        if not tokens or any(token.kind == "word" for token in tokens):
+            return Text.of(text)
         return _Structure(text, tokens).parse()
-    except ParseError:
+    except (ParseError, RecursionError):  # RecursionError: absurdly deep nesting
         return Text.of(text)
 
 

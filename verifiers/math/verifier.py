@@ -1,18 +1,20 @@
 """`MathVerifier`: reward 1.0 when the completion's final answer equals `example["answer"]`."""
 from __future__ import annotations
 
+import re
 import time
 from fractions import Fraction
 from typing import Any, Iterable, Sequence
 
 from ..base import Score
 from .equivalence import Options, Verdict, _exact, _sympy_value, _Context, equivalent
-from .evaluate import Limits, TooLarge, Undefined
+from .evaluate import Limits, TooLarge, Undefined, has_decimal
 from .extract import Extraction, extract_answer, extract_boxed, resolve_sources
 from .normalize import normalize_answer
 from .parse import Collection, Interval, Matrix, Relation, Scalar, Text, Union, parse_answer
 
 _REFERENCE_CACHE_SIZE = 4096
+_PLAIN_NUMBER_RE = re.compile(r"-?\d{1,300}(?:\.\d{1,300})?")  # fullmatch-style: anchored below
 
 
 class MathVerifier:
@@ -71,6 +73,9 @@ class MathVerifier:
         info: dict[str, Any] = {"extracted": extraction.text, "source": extraction.source}
         if len(extraction.text) > self.max_expr_chars:
             return self._score(False, {**info, "reason": "too_long"})
+        fast = self._fast_number_verdict(extraction.text, references)
+        if fast is not None:
+            return self._score(fast.equal, {**info, ("match" if fast.equal else "reason"): fast.detail})
         response = parse_answer(normalize_answer(extraction.text))
         deadline = started + self.symbolic_timeout_s
         verdict = Verdict(False, "mismatch")
@@ -92,6 +97,26 @@ class MathVerifier:
         return answer_key(completion, self.sources, self.options)
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _fast_number_verdict(self, text: str, references: list) -> Verdict | None:
+        """A plain number against a single rational reference: no normalization, no parser.
+        The same verdict the full path would give (a decimal is an approximation)."""
+        if len(references) != 1 or not _PLAIN_NUMBER_RE.fullmatch(text):
+            return None
+        reference = references[0]
+        if not isinstance(reference, Scalar) or reference.ast is None:
+            return None
+        context = _Context(self.options)
+        expected = _exact(reference, context)
+        if not isinstance(expected, Fraction):
+            return None
+        value = Fraction(text)
+        if value == expected:
+            return Verdict(True, "string" if text == reference.text else "exact")
+        approximate = "." in text or has_decimal(reference.ast)
+        if approximate and abs(value - expected) <= Fraction(self.options.rel_tol) * max(abs(value), abs(expected)):
+            return Verdict(True, "numeric")
+        return Verdict(False, "mismatch")
 
     def _score(self, correct: bool, info: dict) -> Score:
         return Score(self.correct_reward if correct else self.wrong_reward, info)

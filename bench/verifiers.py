@@ -1,0 +1,312 @@
+"""Verifier benchmarks: our math verifier beside the `math-verify` package on the same pairs.
+
+    python bench/verifiers.py                 # 3000 pairs, 2 pool workers
+    python bench/verifiers.py --pairs 1000 --workers 2 --show 20
+
+Prints, for each checker: verifications per second with one worker (inline, one core) and
+through the project's process pool (`verifiers.pool.ScoringPool`, one item per round trip with
+a hard per-item timeout), the accuracy against the generator's labels, the agreement rate
+between the two checkers and the pairs they disagree on.
+
+The pairs are generated (seeded): MATH/GSM8K-style references (integers, fractions, decimals,
+radicals, multiples of pi, polynomials, points, solution lists, intervals, multiple choice,
+assignments), each answered by G=4 completions of a few hundred characters of "reasoning"
+ending in a boxed answer: correct answers written in another form, and wrong ones.
+`math-verify` is the `bench` extra (`pip install -e .[bench]`); without it only our figures
+are printed.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: python bench/verifiers.py
+
+from verifiers.base import Score  # noqa: E402
+
+
+@dataclass
+class Pair:
+    reference: str
+    completion: str
+    label: int        # 1 when the generator wrote a correct answer
+    kind: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Pair generation
+
+_FILLER = [
+    "Let me think about this step by step.", "First, we set up the equation from the problem.",
+    r"We have $a + b = {x}$ and $ab = {y}$.", r"Multiplying both sides by ${x}$ gives ${y}$.",
+    "Substituting back, the condition holds.", r"So $\frac{{{x}}}{{{y}}}$ simplifies further.",
+    "Checking the boundary cases, none of them work.", r"Therefore $n = {x}$ is not possible.",
+    r"The sum of the first ${x}$ terms is ${y}$.", "We can verify this with a quick computation.",
+]
+
+
+def _reasoning(rng: random.Random) -> str:
+    lines = []
+    for _ in range(rng.randint(6, 14)):
+        lines.append(rng.choice(_FILLER).format(x=rng.randint(2, 99), y=rng.randint(2, 999)))
+    return "\n".join(lines)
+
+
+def _fraction_latex(value: Fraction, style: str = "frac") -> str:
+    sign = "-" if value < 0 else ""
+    value = abs(value)
+    if value.denominator == 1:
+        return f"{sign}{value.numerator}"
+    if style == "slash":
+        return f"{sign}{value.numerator}/{value.denominator}"
+    if style == "dfrac":
+        return f"{sign}\\dfrac{{{value.numerator}}}{{{value.denominator}}}"
+    return f"{sign}\\frac{{{value.numerator}}}{{{value.denominator}}}"
+
+
+def _integer(rng):
+    value = rng.choice([rng.randint(0, 100), rng.randint(100, 10_000), -rng.randint(1, 50)])
+    right = [str(value), f"{value}.0" if rng.random() < 0.2 else str(value),
+             f"{value:,}" if abs(value) >= 1000 else f"x = {value}"]
+    wrong = [str(value + rng.choice([-2, -1, 1, 2, 10])), str(-value) if value else "1"]
+    return str(value), right, wrong
+
+
+def _fraction(rng):
+    value = Fraction(rng.randint(1, 60), rng.randint(2, 40))
+    if value.denominator == 1:
+        value += Fraction(1, 3)
+    multiple = rng.randint(2, 5)
+    right = [_fraction_latex(value, "dfrac"), _fraction_latex(value, "slash"),
+             f"\\frac{{{value.numerator * multiple}}}{{{value.denominator * multiple}}}"]
+    wrong = [_fraction_latex(1 / value), _fraction_latex(value + Fraction(1, value.denominator))]
+    return _fraction_latex(value), right, wrong
+
+
+def _decimal(rng):
+    value = Fraction(rng.randint(1, 999), rng.choice([2, 4, 5, 8, 10, 20, 25, 100]))
+    decimal = f"{float(value):.4f}".rstrip("0").rstrip(".")
+    right = [_fraction_latex(value), decimal, f"{decimal}0" if "." in decimal else f"{decimal}.00"]
+    wrong = [f"{float(value) + 0.1:.4f}".rstrip("0").rstrip("."), str(int(value) + 1)]
+    return decimal, right, wrong
+
+
+def _radical(rng):
+    a, b = rng.randint(2, 9), rng.choice([2, 3, 5, 6, 7, 10, 11])
+    right = [f"{a}\\sqrt{{{b}}}", f"\\sqrt{{{a * a * b}}}", f"\\sqrt{{{b}}} \\cdot {a}"]
+    wrong = [f"{b}\\sqrt{{{a}}}" if a != b else f"{a + 1}\\sqrt{{{b}}}", f"{a + 1}\\sqrt{{{b}}}"]
+    return f"{a}\\sqrt{{{b}}}", right, wrong
+
+
+def _pi(rng):
+    value = Fraction(rng.randint(1, 12), rng.randint(2, 9))
+    if value.denominator == 1:
+        value += Fraction(1, 5)
+    p, q = value.numerator, value.denominator
+    right = [f"\\frac{{{p}}}{{{q}}}\\pi", f"{p}\\pi/{q}", f"\\frac{{{p}\\pi}}{{{q}}}"]
+    wrong = [f"\\frac{{{q}\\pi}}{{{p}}}", f"\\frac{{{p + 1}\\pi}}{{{q}}}"]
+    return f"\\frac{{{p}\\pi}}{{{q}}}", right, wrong
+
+
+def _polynomial(rng):
+    r, s = rng.randint(1, 9), rng.randint(1, 9)
+    b, c = r + s, r * s
+    reference = f"x^2 + {b}x + {c}"
+    right = [f"(x+{r})(x+{s})", f"{c} + {b}x + x^2", f"(x + {s})(x + {r})"]
+    wrong = [f"(x+{r})(x-{s})", f"x^2 + {b}x + {c + 1}"]
+    return reference, right, wrong
+
+
+def _point(rng):
+    a, b = rng.randint(-9, 9), rng.randint(-9, 9)
+    if a == b:
+        b += 1
+    right = [f"({a}, {b})", f"\\left({a},{b}\\right)"]
+    wrong = [f"({b}, {a})", f"({a}, {b + 1})"]
+    return f"({a},{b})", right, wrong
+
+
+def _solutions(rng):
+    a, b = rng.sample(range(-9, 10), 2)
+    right = [f"{b}, {a}", f"{a}, {b}", f"x = {a}, x = {b}"]
+    wrong = [f"{a}", f"{a}, {b + 20}", f"{a} \\text{{ or }} {b + 20}"]
+    return f"{a}, {b}", right, wrong
+
+
+def _interval(rng):
+    a = rng.randint(-9, 5)
+    b = a + rng.randint(1, 9)
+    right = [f"[{a}, {b})", f"[{a},{b})"]
+    wrong = [f"({a}, {b}]", f"[{a}, {b}]"]
+    return f"[{a}, {b})", right, wrong
+
+
+def _choice(rng):
+    letter = rng.choice("ABCDE")
+    other = rng.choice([c for c in "ABCDE" if c != letter])
+    return f"\\text{{({letter})}}", [f"({letter})", f"\\text{{({letter})}}"], [f"({other})"]
+
+
+_KINDS: list[tuple[str, Callable, float]] = [
+    ("integer", _integer, 0.35), ("fraction", _fraction, 0.15), ("decimal", _decimal, 0.08),
+    ("radical", _radical, 0.10), ("pi", _pi, 0.05), ("polynomial", _polynomial, 0.08),
+    ("point", _point, 0.05), ("solutions", _solutions, 0.05), ("interval", _interval, 0.05),
+    ("choice", _choice, 0.04),
+]
+
+
+def generate_pairs(n: int, seed: int = 0, group_size: int = 4) -> list[Pair]:
+    """`n` (reference, completion) pairs, `group_size` completions per reference."""
+    rng = random.Random(seed)
+    names = [kind[0] for kind in _KINDS]
+    makers = {kind[0]: kind[1] for kind in _KINDS}
+    weights = [kind[2] for kind in _KINDS]
+    pairs: list[Pair] = []
+    while len(pairs) < n:
+        kind = rng.choices(names, weights)[0]
+        reference, right, wrong = makers[kind](rng)
+        for _ in range(group_size):
+            correct = rng.random() < 0.5
+            answer = rng.choice(right if correct else wrong)
+            completion = f"{_reasoning(rng)}\nTherefore, the final answer is $\\boxed{{{answer}}}$."
+            pairs.append(Pair(reference, completion, int(correct), kind))
+    return pairs[:n]
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkers
+
+
+class MathVerifyChecker:
+    """The `math-verify` package as a verifier: `verify(parse("$ref$"), parse(completion))`,
+    its documented usage (default extraction, its own signal-based timeouts)."""
+
+    name = "math-verify"
+
+    def __init__(self):
+        from math_verify import parse, verify
+
+        self._parse, self._verify = parse, verify
+
+    def score(self, completion: str, example: dict) -> Score:
+        gold = self._parse(f"${example['answer']}$")
+        answer = self._parse(completion)
+        return Score(float(self._verify(gold, answer)), {"extracted": [str(a) for a in answer[-1:]]})
+
+    def score_batch(self, completions: Sequence[str], examples: Sequence[dict]) -> list[Score]:
+        return [self.score(c, e) for c, e in zip(completions, examples)]
+
+
+def _build_ours():
+    from verifiers.math import MathVerifier
+
+    return MathVerifier()
+
+
+def _build_math_verify():
+    return MathVerifyChecker()
+
+
+def _inline_rate(verifier, pairs: list[Pair]) -> tuple[list[Score], float]:
+    started = time.perf_counter()
+    scores = [verifier.score(pair.completion, {"answer": pair.reference}) for pair in pairs]
+    return scores, len(pairs) / (time.perf_counter() - started)
+
+
+def _pool_rate(recipe: Callable, pairs: list[Pair], workers: int, name: str) -> tuple[list[Score], float]:
+    from verifiers.pool import ScoringPool
+
+    completions = [pair.completion for pair in pairs]
+    examples = [{"answer": pair.reference} for pair in pairs]
+    with ScoringPool(recipe, workers=workers, timeout_s=30.0, name=name) as pool:
+        pool.score_batch(completions[:workers * 4], examples[:workers * 4])  # start and warm the workers
+        started = time.perf_counter()
+        scores = pool.score_batch(completions, examples)
+        rate = len(pairs) / (time.perf_counter() - started)
+    return scores, rate
+
+
+def bench_math(pairs: list[Pair], workers: int = 2, show: int = 30, with_pool: bool = True) -> dict:
+    """Run both checkers on `pairs`; print and return the figures."""
+    ours = _build_ours()
+    ours.score(pairs[0].completion, {"answer": pairs[0].reference})  # import sympy outside the clock
+    results: dict = {"pairs": len(pairs)}
+    our_scores, results["ours_inline_per_s"] = _inline_rate(ours, pairs)
+    results["ours_accuracy"] = _accuracy(our_scores, pairs)
+    if with_pool:
+        _, results["ours_pool_per_s"] = _pool_rate(_build_ours, pairs, workers, "math")
+    try:
+        baseline = _build_math_verify()
+    except ImportError:
+        baseline = None
+    if baseline is not None:
+        baseline.score(pairs[0].completion, {"answer": pairs[0].reference})
+        their_scores, results["math_verify_inline_per_s"] = _inline_rate(baseline, pairs)
+        results["math_verify_accuracy"] = _accuracy(their_scores, pairs)
+        if with_pool:
+            _, results["math_verify_pool_per_s"] = _pool_rate(_build_math_verify, pairs, workers, "math-verify")
+        agree = [a.reward == b.reward for a, b in zip(our_scores, their_scores)]
+        results["agreement"] = sum(agree) / len(agree)
+        results["throughput_ratio_inline"] = results["ours_inline_per_s"] / results["math_verify_inline_per_s"]
+        if with_pool:
+            results["throughput_ratio_pool"] = results["ours_pool_per_s"] / results["math_verify_pool_per_s"]
+        results["disagreements"] = [
+            (pair, ours_score, theirs)
+            for pair, ours_score, theirs, same in zip(pairs, our_scores, their_scores, agree) if not same
+        ]
+    _print_math(results, workers, show)
+    return results
+
+
+def _accuracy(scores: list[Score], pairs: list[Pair]) -> float:
+    return sum(int(score.reward == pair.label) for score, pair in zip(scores, pairs)) / len(pairs)
+
+
+def _print_math(results: dict, workers: int, show: int) -> None:
+    print(f"math verification, {results['pairs']} generated pairs")
+    print(f"  ours        inline (1 core): {results['ours_inline_per_s']:9.1f} /s   "
+          f"accuracy vs labels {results['ours_accuracy']:.2%}")
+    if "ours_pool_per_s" in results:
+        print(f"  ours        pool ({workers} workers): {results['ours_pool_per_s']:8.1f} /s")
+    if "math_verify_inline_per_s" not in results:
+        print("  math-verify not installed (pip install -e .[bench]): no comparison")
+        return
+    print(f"  math-verify inline (1 core): {results['math_verify_inline_per_s']:9.1f} /s   "
+          f"accuracy vs labels {results['math_verify_accuracy']:.2%}")
+    if "math_verify_pool_per_s" in results:
+        print(f"  math-verify pool ({workers} workers): {results['math_verify_pool_per_s']:8.1f} /s")
+    print(f"  throughput ratio ours / math-verify: inline {results['throughput_ratio_inline']:.1f}x"
+          + (f", pool {results['throughput_ratio_pool']:.1f}x" if "throughput_ratio_pool" in results else ""))
+    disagreements = results["disagreements"]
+    print(f"  agreement {results['agreement']:.2%} ({len(disagreements)} disagreements)")
+    for pair, ours_score, theirs in disagreements[:show]:
+        answer = pair.completion.rsplit("\\boxed{", 1)[-1][:-3]
+        who = "ours" if ours_score.reward == pair.label else "math-verify"
+        print(f"    [{pair.kind}] ref {pair.reference!r} answer {answer!r} label {pair.label}: "
+              f"ours {ours_score.reward:.0f} ({ours_score.info.get('reason') or ours_score.info.get('match')}), "
+              f"math-verify {theirs.reward:.0f}; right: {who}")
+    if len(disagreements) > show:
+        print(f"    ... {len(disagreements) - show} more (--show N)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=3000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--show", type=int, default=30, help="disagreements to list")
+    parser.add_argument("--no-pool", action="store_true", help="inline figures only")
+    args = parser.parse_args(argv)
+    pairs = generate_pairs(args.pairs, args.seed)
+    bench_math(pairs, workers=args.workers, show=args.show, with_pool=not args.no_pool)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -96,6 +96,12 @@ class MathVerifier:
         """Canonical key of the completion's answer (None when there is none); see `answer_key`."""
         return answer_key(completion, self.sources, self.options)
 
+    def __getstate__(self) -> dict:
+        # Workers get the configuration, not this process's cache of parsed references.
+        state = self.__dict__.copy()
+        state["_references"] = {}
+        return state
+
     # -- helpers ----------------------------------------------------------------------------
 
     def _fast_number_verdict(self, text: str, references: list) -> Verdict | None:

@@ -146,6 +146,9 @@ class GRPOConfig:
     max_sampling_rounds: int = 3
     eval_every: int = 0  # 0: only at the end
     save_every: int = 50
+    # After each weight push, compare the engine's logprobs of one completion with the trainer's
+    # forward pass and log the largest difference (sync/max_logprob_diff): a cheap end-to-end check.
+    check_weight_sync: bool = False
 
 
 @dataclass

@@ -145,9 +145,17 @@ class TrainEngine:
         """Optimizer step at the end of a batch; returns grad norm and lr."""
         if self._micro != self.grad_accum:
             raise RuntimeError(f"step() after {self._micro} micro-batches; the engine was built for {self.grad_accum}")
+        grad_norm = None
+        if self.cfg.zero_stage == 0:
+            # DeepSpeed records the norm only for ZeRO/bf16 optimizers; without ZeRO the gradients are
+            # already averaged over ranks here, so measure it before the step clears them.
+            grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+            grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) \
+                if grads else 0.0
         self.ds.step()
         self._micro = 0
-        grad_norm = self.ds.get_global_grad_norm()
+        if grad_norm is None:
+            grad_norm = self.ds.get_global_grad_norm()
         return {"grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                 "lr": float(self.scheduler.get_last_lr()[0])}
 

@@ -258,6 +258,8 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
         }
         record = all_reduce_mean(local)
         record["timing/weight_push"] = push_s
+        if g.check_weight_sync:
+            record["sync/max_logprob_diff"] = weight_sync_error(engine, rollout, samples[0], pad_id)
         record["epoch"] = stream.position / len(stream.indices)
         if g.eval_every and (step + 1) % g.eval_every == 0 and step + 1 < g.steps:
             record.update({f"eval/{k}": v for k, v in run_eval(ctx).items()})
@@ -273,6 +275,16 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
     barrier()
     del engine
     return final_dir
+
+
+@torch.no_grad()
+def weight_sync_error(engine: TrainEngine, rollout, sample: Sample, pad_id: int) -> float:
+    """Largest |engine logprob - trainer logprob| over one completion's tokens (temperature 1)."""
+    engine_lps = torch.tensor(rollout.token_logprobs(sample.prompt_ids, sample.completion_ids))
+    t = micro_batch_tensors([sample], pad_id)
+    t["mask"][0, len(sample.prompt_ids) - 1:len(sample.prompt_ids) - 1 + len(sample.completion_ids)] = True
+    trainer_lps = sequence_logprobs(engine.forward, t, 1.0)[0][t["mask"]]
+    return float((engine_lps - trainer_lps).abs().max()) if len(engine_lps) else 0.0
 
 
 def run_eval(ctx: StageContext) -> dict:

@@ -92,7 +92,14 @@ class VLLMRollout:
         if max_model_len or cfg.max_model_len:
             kwargs["max_model_len"] = cfg.max_model_len or max_model_len
         self.cfg = cfg
+        # On the CPU, vLLM drops torch to one thread and replaces torch.set_num_threads with a no-op
+        # for the whole process; the trainer shares this process and needs its threads back.
+        train_threads, set_threads = torch.get_num_threads(), torch.set_num_threads
         self.llm = LLM(**kwargs)
+        torch.set_num_threads = set_threads
+        self._train_threads = train_threads
+        self._gen_threads = torch.get_num_threads()
+        torch.set_num_threads(train_threads)
         self.tokenizer = self.llm.get_tokenizer()
         self._asleep = False
 
@@ -106,7 +113,11 @@ class VLLMRollout:
 
     def generate(self, prompts: Sequence[str], spec: SamplingSpec, seeds: Sequence[int]) -> list[Group]:
         params = [self._params(spec, s) for s in seeds]
-        outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
+        torch.set_num_threads(self._gen_threads)
+        try:
+            outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
+        finally:
+            torch.set_num_threads(self._train_threads)
         groups = []
         for prompt, out in zip(prompts, outputs):
             group = Group(prompt=prompt, prompt_ids=list(out.prompt_token_ids))

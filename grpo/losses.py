@@ -300,8 +300,7 @@ def policy_loss(
     ref_logprobs = clean(ref_logprobs)
     sampler_logprobs = clean(sampler_logprobs)
     adv = advantages.float().detach()
-    if adv.dim() == 1:
-        adv = adv.unsqueeze(1)  # [B, 1] broadcast over tokens
+    adv = adv.unsqueeze(1) if adv.dim() == 1 else clean(adv)  # [B, 1] broadcast, or [B, T]
 
     log_ratio = importance_log_ratio(logprobs, old_logprobs, mask, level=ratio_level)
     ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))  # [B, T]

@@ -6,8 +6,12 @@ import torch
 from grpo.dpo_losses import preference_loss
 
 
+def _f32(value):
+    return torch.as_tensor(value, dtype=torch.float32)
+
+
 def _close(actual, expected, **kwargs):
-    torch.testing.assert_close(torch.as_tensor(actual, dtype=torch.float32), torch.as_tensor(expected, dtype=torch.float32), **kwargs)
+    torch.testing.assert_close(_f32(actual), _f32(expected), **kwargs)
 
 
 def softplus(x):  # -log sigmoid(-x)
@@ -93,7 +97,8 @@ def test_simpo_hand_worked():
 def test_length_normalized_dpo_hand_worked():
     # Per-token log-ratios: (-10 + 11) / 5 = 0.2 and (-12 + 11) / 4 = -0.25 -> h = 0.45.
     pc, pr, rc, rr = _pair()
-    loss, stats = preference_loss(pc, pr, rc, rr, beta=0.5, chosen_lengths=torch.tensor([5]), rejected_lengths=torch.tensor([4]))
+    lengths = dict(chosen_lengths=torch.tensor([5]), rejected_lengths=torch.tensor([4]))
+    loss, stats = preference_loss(pc, pr, rc, rr, beta=0.5, **lengths)
     _close(loss, softplus(-0.225))
     _close(stats["rewards_chosen"], 0.1)
     _close(stats["rewards_rejected"], -0.125)

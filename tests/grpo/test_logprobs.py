@@ -157,9 +157,10 @@ def _run_variant(variant, logits, tokens):
     chunked, with_grad = variant.split("-")
     if with_grad == "grad":
         logits = logits.detach().requires_grad_()
-        out = (
-            gather_logprobs(logits, tokens, chunk_size=CHUNK) if chunked == "chunked" else _naive_logprobs(logits, tokens)
-        )
+        if chunked == "chunked":
+            out = gather_logprobs(logits, tokens, chunk_size=CHUNK)
+        else:
+            out = _naive_logprobs(logits, tokens)
         out.sum().backward()
         del out
         logits.grad = None

@@ -20,8 +20,12 @@ def _leaf(values):
     return torch.tensor(values, dtype=torch.float32, requires_grad=True)
 
 
+def _f32(value):
+    return torch.as_tensor(value, dtype=torch.float32)
+
+
 def _close(actual, expected, **kwargs):
-    torch.testing.assert_close(torch.as_tensor(actual, dtype=torch.float32), torch.as_tensor(expected, dtype=torch.float32), **kwargs)
+    torch.testing.assert_close(_f32(actual), _f32(expected), **kwargs)
 
 
 # ---------------------------------------------------------------- clipped surrogate, by hand
@@ -97,6 +101,16 @@ def test_aggregations_hand_worked(aggregation, extra, expected):
     assert torch.equal(logprobs.grad[0, 1:], torch.zeros(2))
 
 
+def test_per_token_advantages_with_padding_garbage():
+    logprobs = _leaf([[-1.0, -1.0], [-1.0, -1.0]])
+    adv = torch.tensor([[1.0, 3.0], [2.0, float("nan")]])
+    mask = torch.tensor([[1, 1], [1, 0]], dtype=torch.bool)
+    loss, _ = policy_loss(logprobs, None, adv, mask, aggregation="token_mean")
+    _close(loss, -(1 + 3 + 2) / 3)
+    loss.backward()
+    _close(logprobs.grad, [[-1 / 3, -1.0], [-2 / 3, 0.0]])
+
+
 def test_seq_mean_skips_sequences_without_tokens():
     per_token = torch.tensor([[2.0, 4.0], [7.0, 7.0]])
     mask = torch.tensor([[1, 1], [0, 0]], dtype=torch.bool)
@@ -123,11 +137,19 @@ def test_micro_batches_with_batch_counts_sum_to_the_full_loss(aggregation, extra
     full = aggregate_token_losses(
         per_token, mask, aggregation=aggregation, constant_normalizer=extra.get("constant_normalizer")
     )
-    halves = sum(aggregate_token_losses(per_token[i : i + 2], mask[i : i + 2], aggregation=aggregation, **extra) for i in (0, 2))
+    halves = sum(
+        aggregate_token_losses(per_token[i : i + 2], mask[i : i + 2], aggregation=aggregation, **extra)
+        for i in (0, 2)
+    )
     _close(halves, full)
     # Without the batch counts the halves are normalized locally and do not add up.
     local = sum(
-        aggregate_token_losses(per_token[i : i + 2], mask[i : i + 2], aggregation=aggregation, constant_normalizer=extra.get("constant_normalizer"))
+        aggregate_token_losses(
+            per_token[i : i + 2],
+            mask[i : i + 2],
+            aggregation=aggregation,
+            constant_normalizer=extra.get("constant_normalizer"),
+        )
         for i in (0, 2)
     )
     assert not torch.allclose(local, full)
@@ -240,7 +262,9 @@ def test_gspo_clips_whole_sequences():
     # s1 = 1.3499 with A < 0 stays unclipped. Loss = (-1.1 + 1.349859) / 2.
     logprobs = _leaf([[0.2, -0.1, 0.5], [0.6, 0.0, 0.0]])
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
-    loss, stats = policy_loss(logprobs, torch.zeros(2, 3), torch.tensor([1.0, -1.0]), mask, ratio_level="sequence", epsilon_low=0.1)
+    loss, stats = policy_loss(
+        logprobs, torch.zeros(2, 3), torch.tensor([1.0, -1.0]), mask, ratio_level="sequence", epsilon_low=0.1
+    )
     _close(loss, (-1.1 + math.exp(0.3)) / 2)
     _close(stats["clip_frac_high"], 3 / 5)
     loss.backward()
@@ -260,7 +284,9 @@ def _tis_case():
 def test_token_tis_hand_worked():
     logprobs, sampler, mask = _tis_case()
     # On-policy w.r.t. old (ratio 1), A = 1: per-token loss -w with w = min(ratio, 2) = [1.5, 2, 0.5].
-    loss, stats = policy_loss(logprobs, None, torch.tensor([1.0]), mask, sampler_logprobs=sampler, tis_level="token", tis_cap=2.0)
+    loss, stats = policy_loss(
+        logprobs, None, torch.tensor([1.0]), mask, sampler_logprobs=sampler, tis_level="token", tis_cap=2.0
+    )
     _close(loss, -4 / 3)
     loss.backward()
     _close(logprobs.grad, [[-1.5 / 3, -2 / 3, -0.5 / 3]])
@@ -273,11 +299,14 @@ def test_token_tis_hand_worked():
 def test_sequence_tis_hand_worked():
     logprobs, sampler, mask = _tis_case()
     # Product 1.5 * 3 * 0.5 = 2.25, truncated to 2 for every token.
-    loss, stats = policy_loss(logprobs, None, torch.tensor([1.0]), mask, sampler_logprobs=sampler, tis_level="sequence", tis_cap=2.0)
+    loss, stats = policy_loss(
+        logprobs, None, torch.tensor([1.0]), mask, sampler_logprobs=sampler, tis_level="sequence", tis_cap=2.0
+    )
     _close(loss, -2.0)
     _close(stats["tis_truncated_frac"], 1.0)
     # Below the cap: 0.1 - 0.3 -> e^-0.2 = 0.818731 on both tokens; padding gets 0.
-    weights = tis_weights(torch.tensor([[0.1, -0.3, 5.0]]), torch.zeros(1, 3), torch.tensor([[1, 1, 0]], dtype=torch.bool), level="sequence")
+    mask = torch.tensor([[1, 1, 0]], dtype=torch.bool)
+    weights = tis_weights(torch.tensor([[0.1, -0.3, 5.0]]), torch.zeros(1, 3), mask, level="sequence")
     _close(weights, [[math.exp(-0.2), math.exp(-0.2), 0.0]])
 
 
@@ -301,7 +330,8 @@ def test_soft_overlong_penalty_piecewise_boundaries():
     # L_max = 16, L_cache = 4: 0 up to 12, linear (12 - |y|) / 4 on (12, 16], -1 beyond.
     lengths = torch.tensor([0, 12, 13, 14, 16, 17, 100])
     _close(soft_overlong_penalty(lengths, max_len=16, buffer_len=4), [0, 0, -0.25, -0.5, -1, -1, -1])
-    _close(soft_overlong_penalty([12, 14, 16, 20], max_len=16, buffer_len=4, penalty_factor=0.5), [0, -0.25, -0.5, -0.5])
+    halved = soft_overlong_penalty([12, 14, 16, 20], max_len=16, buffer_len=4, penalty_factor=0.5)
+    _close(halved, [0, -0.25, -0.5, -0.5])
 
 
 @pytest.mark.parametrize(("max_len", "buffer_len"), [(16, 0), (16, 17), (0, 0)])
@@ -315,7 +345,9 @@ def test_truncated_completions_are_filtered_out_of_the_loss():
     mask = torch.ones(2, 2, dtype=torch.bool)
     truncated = torch.tensor([False, True])
     assert filter_truncated(mask, truncated).tolist() == [[True, True], [False, False]]
-    loss, stats = policy_loss(logprobs, None, torch.tensor([1.0, 5.0]), mask, truncated=truncated, aggregation="token_mean")
+    loss, stats = policy_loss(
+        logprobs, None, torch.tensor([1.0, 5.0]), mask, truncated=truncated, aggregation="token_mean"
+    )
     _close(loss, -1.0)  # only the first completion counts
     _close(stats["num_tokens"], 2.0)
     loss.backward()
@@ -327,7 +359,8 @@ def test_truncated_completions_are_filtered_out_of_the_loss():
 
 def test_entropy_stat_is_masked_mean():
     mask = torch.tensor([[1, 1, 0]], dtype=torch.bool)
-    _, stats = policy_loss(torch.zeros(1, 3), None, torch.tensor([1.0]), mask, entropy=torch.tensor([[1.0, 2.0, 100.0]]))
+    entropy = torch.tensor([[1.0, 2.0, 100.0]])
+    _, stats = policy_loss(torch.zeros(1, 3), None, torch.tensor([1.0]), mask, entropy=entropy)
     _close(stats["entropy"], 1.5)
     assert all(value.dim() == 0 and not value.requires_grad for value in stats.values())
 

@@ -57,7 +57,14 @@ def _relaunch_distributed(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may come before or after options (`train cfg --nproc 2 k=v`): argparse leaves the
+    # later ones unparsed, so collect them here.
+    args, extra = parser.parse_known_args(argv)
+    unknown = [x for x in extra if x.startswith("-") or "=" not in x]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides = list(args.overrides) + extra
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:

@@ -93,6 +93,10 @@ class RolloutConfig:
     max_tokens: int = 256
     # vLLM engine. On the CPU, gpu_memory_utilization is the fraction of host memory for the KV cache.
     gpu_memory_utilization: float = 0.2
+    # Fixed KV-cache size in GiB (overrides gpu_memory_utilization for the cache). Recommended on the
+    # CPU, where vLLM sizes the cache as utilization x host memory minus this process's RSS, which the
+    # trainer sharing the process keeps growing.
+    kv_cache_gb: Optional[float] = None
     tensor_parallel_size: int = 1
     enable_sleep_mode: bool = False  # GPU only: release KV cache and weights during the update
     enforce_eager: bool = True
@@ -329,6 +333,7 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     _check(r.top_k == -1 or r.top_k > 0, source, "rollout.top_k", "must be -1 (off) or > 0")
     _check(r.max_tokens > 0, source, "rollout.max_tokens", "must be > 0")
     _check(0 < r.gpu_memory_utilization <= 1, source, "rollout.gpu_memory_utilization", "must be in (0, 1]")
+    _check(r.kv_cache_gb is None or r.kv_cache_gb > 0, source, "rollout.kv_cache_gb", "must be > 0 when set")
     _check(r.tensor_parallel_size >= 1, source, "rollout.tensor_parallel_size", "must be >= 1")
 
     e = cfg.engine

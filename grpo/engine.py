@@ -108,7 +108,8 @@ class TrainEngine:
     """A DeepSpeed-wrapped model with its optimizer and schedule.
 
     Call `backward(loss)` once per micro-batch (the caller weights micro losses so their sum is the
-    batch loss), and `step()` after the last micro-batch of a batch.
+    batch loss), and `step()` after the last micro-batch of a batch: exactly `grad_accum` backward
+    calls per step.
     """
 
     def __init__(self, model: torch.nn.Module, engine_cfg: EngineConfig, optim: OptimConfig, *,
@@ -140,6 +141,10 @@ class TrainEngine:
         # The caller already weighted this micro-batch's share of the batch loss.
         self.ds.backward(loss, scale_wrt_gas=False)
         self._micro += 1
+        if self._micro < self.grad_accum:
+            # DeepSpeed counts micro-batches in step(): called between micro-batches it only advances
+            # the count (no update); the call at the boundary, in `step`, reduces and updates.
+            self.ds.step()
 
     def step(self) -> dict:
         """Optimizer step at the end of a batch; returns grad norm and lr."""

@@ -89,6 +89,8 @@ class VLLMRollout:
             kwargs["distributed_executor_backend"] = "external_launcher"
         if cfg.enable_sleep_mode:
             kwargs["enable_sleep_mode"] = True
+        if cfg.kv_cache_gb:
+            kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_gb * 1024**3)
         if max_model_len or cfg.max_model_len:
             kwargs["max_model_len"] = cfg.max_model_len or max_model_len
         self.cfg = cfg

@@ -1,0 +1,11 @@
+"""Built-in task generators: synthetic, verifiable problems made locally (no downloads)."""
+
+from grpo.tasks.arithmetic import (
+    ArithmeticProblem,
+    generate_arithmetic,
+    generate_problems,
+    make_pools,
+    make_splits,
+)
+
+__all__ = ["ArithmeticProblem", "generate_arithmetic", "generate_problems", "make_pools", "make_splits"]

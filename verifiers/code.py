@@ -52,9 +52,16 @@ _HEAD_CHARS = 300
 
 
 def extract_code(completion: str, strip_think: bool = True) -> str:
-    """The last fenced Python (or untagged) block; the whole text when there is none."""
-    if strip_think and "</think>" in completion:
-        completion = completion.rpartition("</think>")[2]
+    """The last fenced Python (or untagged) block; the whole text when there is none.
+
+    With strip_think, only what follows the last `</think>` counts, and a completion cut off
+    inside its reasoning (an opening `<think>` never closed) has no code.
+    """
+    if strip_think:
+        if "</think>" in completion:
+            completion = completion.rpartition("</think>")[2]
+        elif "<think>" in completion:
+            return ""
     blocks = [body for lang, body in _FENCE.findall(completion) if lang.lower() in _PYTHON_LANGS]
     return blocks[-1] if blocks else completion
 
@@ -234,7 +241,8 @@ class CodeVerifier(BaseVerifier):
         status = getattr(result, "status", "sandbox_error")
         if status == "sandbox_error":
             # Infrastructure, not the model: raise so it is counted and logged, not silently 0.
-            raise RuntimeError(f"code verifier: sandbox failed: {getattr(result, 'stderr', '')[-500:]}")
+            detail = f"{getattr(result, 'detail', '')} {getattr(result, 'stderr', '')[-500:]}".strip()
+            raise RuntimeError(f"code verifier: the sandbox failed (not the solution): {detail}")
         reports, done, fatal = _parse_reports(result.stdout, plan.payload["nonce"])
         n = len(plan.inputs)
         info: dict[str, Any] = {"format": plan.fmt, "total": n, "sandbox_status": status}
@@ -699,6 +707,7 @@ def run_assert(payload, nonce, report_fd):
         return
     namespace = _module_namespace("solution")
     case_limit, stop_on_error = payload["case_timeout_s"], payload["stop_on_error"]
+    budget, start = payload["solution_timeout_s"], _monotonic()
     _signal(_SIGALRM, on_alarm)
     _setitimer(_ITIMER_REAL, payload["solution_timeout_s"])
     try:
@@ -709,11 +718,15 @@ def run_assert(payload, nonce, report_fd):
         return
     _setitimer(_ITIMER_REAL, 0)
     for i in _range(_len(tests)):
+        left = budget - (_monotonic() - start)
+        if left <= 0:
+            report({"kind": "case", "i": i, "status": "skipped", "error": "per-solution time limit"})
+            continue
         namespace["__builtins__"] = _dict(pristine_builtins)
         _settrace(None)
         _setprofile(None)
         _signal(_SIGALRM, on_alarm)
-        _setitimer(_ITIMER_REAL, case_limit)
+        _setitimer(_ITIMER_REAL, case_limit if case_limit < left else left)
         try:
             _exec(tests[i], namespace)
             _setitimer(_ITIMER_REAL, 0)

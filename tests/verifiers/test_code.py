@@ -49,6 +49,7 @@ def test_extracts_last_python_block_after_thinking():
     assert extract_code(completion) == "print(2)\n"
     assert extract_code("```\nprint(3)\n```") == "print(3)\n"  # untagged block
     assert extract_code("print(4)") == "print(4)"  # no block: the whole completion
+    assert extract_code("<think>```python\nprint(5)\n```") == ""  # cut off while still thinking
 
 
 def test_output_normalization():

@@ -264,7 +264,9 @@ def test_normalization():
     assert normalize_answer(r"45^{\circ}") == "45"
     assert normalize_answer(r"12 \text{ cm}^2") == "12"
     assert normalize_answer(r"50\%") == "50"
-    assert normalize_answer("3,5") == "3.5"
+    assert normalize_answer("3,5") == "3,5"           # 3.5 or the list 3, 5: the parser keeps both
+    assert parse_answer("3,5").decimal_reading.text == "3.5"
+    assert normalize_answer("1.234,5") == "1234.5"   # unambiguous European decimal
     assert normalize_answer("1,234") == "1234"
     assert normalize_answer("(1,234)") == "(1,234)"   # a pair, not a thousand
     assert normalize_answer(r"\frac12") == r"\frac{1}{2}"

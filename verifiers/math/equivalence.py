@@ -117,6 +117,11 @@ def _is_assignment(relation: Relation) -> bool:
 
 
 def _compare_collections(reference: Any, response: Any, context: _Context) -> Verdict:
+    # "3,5" against a single number: read it with a decimal comma.
+    if isinstance(reference, Collection) and reference.decimal_reading is not None and isinstance(response, Scalar):
+        return _compare(reference.decimal_reading, response, context)
+    if isinstance(response, Collection) and response.decimal_reading is not None and isinstance(reference, Scalar):
+        return _compare(reference, response.decimal_reading, context)
     if not isinstance(response, Collection):
         if len(reference.items) == 1:
             return _compare(reference.items[0], response, context)

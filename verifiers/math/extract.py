@@ -130,7 +130,9 @@ def extract_boxed(text: str) -> str | None:
         if gap.group(1) and gap.group(1).lower() == "or":
             joiner = " or "
         parts.append(previous[2])
-    answer = joiner.join(reversed(parts))
+    # The same answer boxed twice is one answer.
+    parts = list(dict.fromkeys(part.strip() for part in reversed(parts)))
+    answer = joiner.join(parts)
     inner = _boxed_spans(answer)
     if len(inner) == 1 and inner[0][0] == 0 and inner[0][1] == len(answer.rstrip()):
         return inner[0][2]  # \boxed{\boxed{20}}

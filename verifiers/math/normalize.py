@@ -3,7 +3,8 @@
 Both the reference and the model's answer go through `normalize_answer`, so a rule only has to
 make equal answers look alike; it never has to be a full LaTeX interpreter. Rules that could
 change the meaning of a structured answer (thousands separators, decimal commas) only apply
-when the whole answer is one number.
+when the whole answer is one number; "3,5" (3.5 or the list 3, 5?) is left to the parser,
+which keeps both readings.
 """
 from __future__ import annotations
 
@@ -54,7 +55,6 @@ _TRAILING_UNIT_RE = re.compile(
 _LEADING_WORDS_RE = re.compile(r"^(?:the\s+)?(?:answer|result|value|solution)s?\s*(?:is|:|=)\s*", re.IGNORECASE)
 
 _WHOLE_THOUSANDS_RE = re.compile(r"^[-+]?\d{1,3}(?:(?:,|\{,\}|\\,|\s)\d{3})+(?:\.\d+)?$")
-_WHOLE_DECIMAL_COMMA_RE = re.compile(r"^[-+]?\d+,(?!\d{3}$)\d+$")
 _WHOLE_EUROPEAN_RE = re.compile(r"^[-+]?\d{1,3}(?:\.\d{3})+,\d+$")
 _BRACED_COMMA_RE = re.compile(r"(?<=\d)\{,\}(?=\d)")
 
@@ -103,14 +103,13 @@ def strip_math_delimiters(text: str) -> str:
 
 
 def _normalize_single_number(text: str) -> str:
-    """Thousands separators and decimal commas, only when `text` is one number."""
+    """Thousands separators (and unambiguous European decimals), only when `text` is one number."""
     compact = text.strip()
     if _WHOLE_THOUSANDS_RE.match(compact):
         return re.sub(r"\{,\}|\\,|,|\s", "", compact)
     if _WHOLE_EUROPEAN_RE.match(compact):
         return compact.replace(".", "").replace(",", ".")
-    if _WHOLE_DECIMAL_COMMA_RE.match(compact):
-        return compact.replace(",", ".")
+    # "3,5" stays as written: it may be 3.5 or the list 3, 5 (the parser keeps both readings).
     return text
 
 

@@ -47,6 +47,9 @@ class Collection:
     kind: str                     # "set" | "tuple" | "list" | "or" | "pm"
     items: list
     text: str = ""
+    # "3,5" is the list 3, 5 or the decimal 3.5 (decimal comma): the second reading, used only
+    # against a single number.
+    decimal_reading: Any = None
 
     @property
     def ordered(self) -> bool:
@@ -95,6 +98,7 @@ _MATRIX_RE = re.compile(
     r"^\\begin\{(?P<env>[pbvBV]?matrix|smallmatrix|array)\}(?:\{[^{}]*\})?(?P<body>.*)\\end\{(?P=env)\}$",
     re.DOTALL,
 )
+_AMBIGUOUS_DECIMAL_COMMA_RE = re.compile(r"^[-+]?\d+,(?!\d{3}$)\d+$")
 _OPENERS = {"(": ")", "[": "]", "{": "}", "\\{": "\\}"}
 _MAX_PM_VARIANTS = 8
 
@@ -113,7 +117,10 @@ def parse_answer(text: str) -> Any:
         tokens = tokenize(text)
         if not tokens or any(token.kind == "word" for token in tokens):
             return Text.of(text)
-        return _Structure(text, tokens).parse()
+        value = _Structure(text, tokens).parse()
+        if isinstance(value, Collection) and _AMBIGUOUS_DECIMAL_COMMA_RE.match(text.strip()):
+            value.decimal_reading = _scalar_from_text(text.strip().replace(",", "."))
+        return value
     except (ParseError, RecursionError):  # RecursionError: absurdly deep nesting
         return Text.of(text)
 

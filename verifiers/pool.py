@@ -166,7 +166,14 @@ class ScoringPool:
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"{self.name}: ScoringPool is closed")
-            return self._run(list(completions), list(examples))
+            try:
+                return self._run(list(completions), list(examples))
+            except BaseException:
+                # Interrupted (Ctrl-C, a start error): busy workers would later answer for items
+                # of this batch, so they go; idle ones stay for the next batch.
+                for worker in [w for w in self._pool if w.item is not None]:
+                    self._remove(worker)
+                raise
 
     def score(self, completion: str, example: dict) -> Score:
         return self.score_batch([completion], [example])[0]

@@ -69,6 +69,22 @@ def test_harness_normalizes_and_digests_like_the_host():
     assert output_digest("3\n") != output_digest("4\n") and output_digest("3 ") == output_digest("3")
 
 
+def test_harness_json_encoder_matches_json():
+    namespace = {}
+    exec(HARNESS_FUNCTIONS, namespace)
+    encode = namespace["_js"]
+    values = [None, True, False, 0, -7, 2**70, 1.5, -0.0, 1e300, float("nan"), float("inf"), "",
+              'quote " backslash \\ newline \n tab \t nul \x00 bell \x07 é 😀', [1, [2, (3, 4)]],
+              {"a": {"b": [None]}, 1: "int key", True: "bool key"}]
+    for value in values:
+        text = encode(value)
+        assert json.loads(text) == json.loads(json.dumps(value, allow_nan=True)) or value != value
+    assert encode(float("nan")) == "NaN"
+    for bad in ({1, 2}, object(), {(1, 2): 3}):
+        with pytest.raises(TypeError):
+            encode(bad)
+
+
 # -- stdin/stdout -------------------------------------------------------------------------------
 
 

@@ -126,7 +126,7 @@ class CodeVerifier(BaseVerifier):
         reward_mode: str = "all",
         *,
         case_timeout_s: float = 4.0,
-        solution_timeout_s: float = 30.0,
+        solution_timeout_s: float = 20.0,
         max_cases: int | None = None,
         max_output_bytes: int = 8 << 20,
         float_tolerance: float = 1e-6,
@@ -156,6 +156,12 @@ class CodeVerifier(BaseVerifier):
         self.sandbox_workers = sandbox_workers
         self._sandbox_pool = None
         self._pool_lock = threading.Lock()
+
+    @property
+    def max_seconds(self) -> float:
+        """Longest one `score` can take (the sandbox wall limit): a pool's per-item timeout
+        should be above it, or slow but legitimate solutions are killed as timeouts."""
+        return self.limits.wall_s
 
     # -- protocol -----------------------------------------------------------------------------
 

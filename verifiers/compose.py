@@ -115,6 +115,14 @@ class CompositeVerifier:
         self.log_errors = True  # off inside pool workers: the parent logs what they report
         self._pool: ScoringPool | None = None
         if workers:
+            for entry, verifier in zip(self.entries, self.verifiers):
+                bound = getattr(verifier, "max_seconds", None)
+                if isinstance(bound, (int, float)) and bound > timeout_s:
+                    logger.warning(
+                        "verifier %r may legitimately take up to %.0f s per item but the pool kills items "
+                        "after timeout_s=%g s: raise the timeout or lower that verifier's limits",
+                        entry.label, bound, timeout_s,
+                    )
             self._recipe = self._worker_recipe()
             pickle_recipe(self._recipe, "verifiers")  # unpicklable plug-ins fail now, not at the first batch
 

@@ -141,3 +141,26 @@ def test_composite_pickles_without_its_pool(plugins):
     copy = pickle.loads(pickle.dumps(composite))
     assert copy._pool is None and copy.score("1", {"answer": 1}).reward == 1.0
     composite.close()
+
+
+def test_interrupted_batch_leaves_no_stale_workers(moody_pool, monkeypatch):
+    moody_pool.score_batch(["warm", "up"], [{}] * 2)
+    real_wait = moody_pool._wait_and_collect
+
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(moody_pool, "_wait_and_collect", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        moody_pool.score_batch(["hang", "pid"], [{}] * 2)
+    assert all(w.item is None for w in moody_pool._pool)
+    monkeypatch.setattr(moody_pool, "_wait_and_collect", real_wait)
+    assert [s.reward for s in moody_pool.score_batch(["a", "b", "c"], [{}] * 3)] == [1.0, 1.0, 1.0]
+
+
+def test_warns_when_pool_timeout_is_below_a_verifiers_own_limit(plugins, caplog, monkeypatch):
+    monkeypatch.setattr(plugins.ExactMatch, "max_seconds", 60.0, raising=False)
+    with caplog.at_level(logging.WARNING, logger="verifiers"):
+        composite = verifiers.build([{"name": "plugin_examples:ExactMatch"}], workers=1, timeout_s=10)
+    composite.close()
+    assert any("up to 60 s per item" in r.getMessage() for r in caplog.records)

@@ -35,6 +35,15 @@ def load_weights(model_dir: str | Path):
         yield from load_file(str(f)).items()
 
 
+def _stage_fingerprint(cfg: RunConfig, stage: str, init_model: str) -> dict:
+    """What a finished stage was run with; a stage is skipped on resume only when this is unchanged
+    (so raising grpo.steps continues training from the last checkpoint instead)."""
+    from omegaconf import OmegaConf
+
+    section = OmegaConf.to_container(OmegaConf.structured(getattr(cfg, stage)))
+    return {"stage": stage, "init_model": init_model, "config": json.loads(json.dumps(section, default=str))}
+
+
 def setup(cfg: RunConfig) -> StageContext:
     dist = init_distributed(cfg.engine)
     seed_everything(cfg.seed)
@@ -73,7 +82,10 @@ def run(cfg: RunConfig, stages: list[str] | None = None) -> dict:
             say(f"[pipeline] base model: pass@1 {summary['stages']['base']['pass@1']:.3f}", flush=True)
         for stage in stages:
             final_dir = ctx.run_dir / stage / "final"
-            if cfg.resume == "auto" and (final_dir / "config.json").exists() and stage in summary["stages"]:
+            done_marker = ctx.run_dir / stage / "done.json"
+            fingerprint = _stage_fingerprint(cfg, stage, current)
+            if (cfg.resume == "auto" and (final_dir / "config.json").exists() and stage in summary["stages"]
+                    and done_marker.exists() and json.loads(done_marker.read_text()) == fingerprint):
                 say(f"[pipeline] stage {stage} already finished in {final_dir}; resuming after it", flush=True)
                 current = str(final_dir)
                 continue
@@ -87,6 +99,7 @@ def run(cfg: RunConfig, stages: list[str] | None = None) -> dict:
             summary["stages"][stage] = result
             if ctx.dist.is_main:
                 summary_path.write_text(json.dumps(summary, indent=2))
+                done_marker.write_text(json.dumps(fingerprint))
             say(f"[pipeline] stage {stage} done in {wall:.0f}s"
                 + (f": pass@1 {result['pass@1']:.3f}" if "pass@1" in result else ""), flush=True)
         summary["final_model"] = current

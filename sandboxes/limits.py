@@ -82,4 +82,6 @@ class SandboxResult:
 
 
 def sandbox_error(detail: str, wall_s: float = 0.0) -> SandboxResult:
-    return SandboxResult("sandbox_error", None, "", "", wall_s, detail)
+    """The sandbox itself failed; the reason goes in `detail` and, for callers that only log
+    stderr, in `stderr` too."""
+    return SandboxResult("sandbox_error", None, "", detail, wall_s, detail)

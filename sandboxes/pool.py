@@ -84,9 +84,11 @@ class SandboxPool:
             self._layout_error = str(exc)
         self._stats_lock = threading.Lock()
         self.workers_started = 0
+        self._live: dict[int, WorkerProcess] = {}  # slot -> its current worker, for worker_pids()
         # Worker threads live as long as the pool: bwrap's --die-with-parent follows the thread
         # that started it, so a worker must never be started from a short-lived caller thread.
-        self._threads = [threading.Thread(target=self._serve, name=f"sandbox-worker-{i}", daemon=True)
+        self._threads = [threading.Thread(target=self._serve, args=(i,), name=f"sandbox-worker-{i}",
+                                          daemon=True)
                          for i in range(self.workers)]
         for thread in self._threads:
             thread.start()
@@ -125,6 +127,12 @@ class SandboxPool:
             for thread in self._threads:
                 thread.join()
 
+    def worker_pids(self) -> list[int]:
+        """Host pids of the running workers (bwrap, or the rlimit worker's interpreter); every
+        sandboxed process descends from one of them."""
+        with self._stats_lock:
+            return [w.pid for w in self._live.values() if w.alive()]
+
     def __enter__(self) -> "SandboxPool":
         return self
 
@@ -151,8 +159,9 @@ class SandboxPool:
                              f"{self.backend!r}; use a pool per backend")
         return code, bytes(stdin), replace(limits), normalize_files(files, limits)
 
-    def _serve(self) -> None:
+    def _serve(self, slot: int) -> None:
         worker = self._start_worker_quietly()
+        self._track(slot, worker)
         try:
             while True:
                 item = self._jobs.get()
@@ -162,14 +171,22 @@ class SandboxPool:
                 if not future.set_running_or_notify_cancel():
                     continue
                 try:
-                    result, worker = self._execute(job, worker)
+                    result, worker = self._execute(job, worker, slot)
                 except BaseException as exc:  # noqa: BLE001 - a bug here must not hang callers
                     log.exception("sandbox pool failed on a job")
                     result = sandbox_error(f"internal error in the sandbox pool: {exc!r}")
                 future.set_result(result)
         finally:
+            self._track(slot, None)
             if worker is not None:
                 worker.close()
+
+    def _track(self, slot: int, worker) -> None:
+        with self._stats_lock:
+            if worker is None:
+                self._live.pop(slot, None)
+            else:
+                self._live[slot] = worker
 
     def _start_worker_quietly(self):
         try:
@@ -185,7 +202,7 @@ class SandboxPool:
             self.workers_started += 1
         return worker
 
-    def _execute(self, job, worker):
+    def _execute(self, job, worker, slot):
         code, stdin, limits, files = job
         for attempt in range(2):
             if worker is None or not worker.alive():
@@ -195,6 +212,7 @@ class SandboxPool:
                     worker = self._start_worker()
                 except SandboxUnavailable as exc:
                     return sandbox_error(str(exc)), None
+                self._track(slot, worker)
             started = time.monotonic()
             try:
                 return worker.run(code, stdin, limits, files), worker

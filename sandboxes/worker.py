@@ -333,6 +333,10 @@ class WorkerProcess:
             decoder.feed(chunk)
 
     # -- ending ---------------------------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

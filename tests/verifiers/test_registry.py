@@ -2,6 +2,8 @@
 import importlib
 import logging
 import math
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -231,3 +233,25 @@ def test_build_errors_say_which_verifier():
     with pytest.raises(TypeError) as err:
         verifiers.build([{"name": "format", "label": "fmt", "bogus": 1}])
     assert "while building verifier 'fmt'" in "".join(getattr(err.value, "__notes__", []))
+
+
+def test_plugin_example_in_docs_works(tmp_path, monkeypatch):
+    """docs/verifiers.md's complete plug-in example, written out and used as documented."""
+    doc = (Path(__file__).parents[2] / "docs" / "verifiers.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", doc, re.DOTALL)
+    module_source = next(b for b in blocks if b.startswith("# my_rewards.py"))
+    (tmp_path / "my_rewards.py").write_text(module_source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    penalty = verifiers.get("my_rewards:length_penalty", max_chars=100)
+    assert penalty.score("x" * 150, {}).reward == -1.0
+    composite = verifiers.build([
+        {"name": "my_rewards:KeywordVerifier", "weight": 1.0, "field": "keywords"},
+        {"name": "my_rewards:length_penalty", "weight": 0.5, "max_chars": 100},
+    ])
+    score = composite.score("Paris is the capital of France.", {"keywords": ["paris", "france", "lyon"]})
+    assert score.reward == pytest.approx(2 / 3)
+    assert score.info["rewards"] == {"KeywordVerifier": pytest.approx(2 / 3), "length_penalty": 0.0}
+    assert score.info["details"]["KeywordVerifier"] == {"found": ["paris", "france"]}
+    missing = composite.score("text", {})
+    assert "KeyError" in missing.info["errors"]["KeywordVerifier"]
+    sys.modules.pop("my_rewards", None)

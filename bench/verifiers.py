@@ -2,6 +2,7 @@
 
     python bench/verifiers.py                 # 3000 pairs, 2 pool workers
     python bench/verifiers.py --pairs 1000 --workers 2 --show 20
+    python bench/verifiers.py --code-only       # code verifications per second (sandboxed)
 
 Prints, for each checker: verifications per second with one worker (inline, per CPU-second,
 the two checkers interleaved in chunks so that machine load hits both alike) and
@@ -385,6 +386,92 @@ def bench_table(workers: int = 2, show: int = 30, timeout_s: float = 10.0) -> di
     return results
 
 
+# ---------------------------------------------------------------------------------------------
+# Code verification
+
+
+_CODE_TASKS = [
+    # (stdin program, call-style function named f, assert tests use f): correct and wrong versions
+    {
+        "make_input": lambda rng: [rng.randint(-10**6, 10**6) for _ in range(rng.randint(1, 30))],
+        "stdin_ok": "input()\nprint(sum(map(int, input().split())))",
+        "stdin_bad": "input()\nprint(sum(abs(int(x)) for x in input().split()))",
+        "call_ok": "def f(xs):\n    return sum(xs)",
+        "call_bad": "def f(xs):\n    return sum(abs(x) for x in xs)",
+        "answer": lambda xs: sum(xs),
+    },
+    {
+        "make_input": lambda rng: sorted(rng.sample(range(1000), rng.randint(1, 12)), key=lambda _: rng.random()),
+        "stdin_ok": "input()\nprint(*sorted(map(int, input().split())))",
+        "stdin_bad": "input()\nprint(*sorted(map(int, input().split()))[:-1])",
+        "call_ok": "def f(xs):\n    return sorted(xs)",
+        "call_bad": "def f(xs):\n    return sorted(xs, reverse=True)",
+        "answer": lambda xs: sorted(xs),
+    },
+]
+_CODE_EXTRAS = {  # solutions that misbehave: each must score 0 and never stall the batch
+    "crash after printing": ("input()\nprint(sum(map(int, input().split())))\nraise SystemExit(1)",
+                             "def f(xs):\n    s = sum(xs)\n    raise ValueError(s)"),
+    "infinite loop": ("while True: pass", "def f(xs):\n    while True: pass"),
+    "syntax error": ("print(sum(map(int, input().split()))", "def f(xs) return 0"),
+    "exit early": ("import sys\nsys.exit(0)", "import os\nos._exit(0)"),
+}
+
+
+def generate_code_tasks(n: int, seed: int = 0, cases: int = 5) -> list[tuple[str, str, str, dict, int]]:
+    """(format, kind, completion, example, label): n of each format, mostly plain right or wrong
+    solutions ("plain"), every tenth one crashing, looping, failing to parse or exiting early."""
+    rng = random.Random(seed)
+    items = []
+    for fmt in ("stdin", "call", "assert"):
+        for k in range(n):
+            task = rng.choice(_CODE_TASKS)
+            inputs = [task["make_input"](rng) for _ in range(cases)]
+            answers = [task["answer"](xs) for xs in inputs]
+            if fmt == "stdin":
+                example = {"tests": {"inputs": [f"{len(xs)}\n{' '.join(map(str, xs))}\n" for xs in inputs],
+                                     "outputs": [(" ".join(map(str, a)) if isinstance(a, list) else str(a)) + "\n"
+                                                 for a in answers]}}
+            elif fmt == "call":
+                example = {"tests": {"fn_name": "f", "inputs": [[xs] for xs in inputs], "outputs": answers}}
+            else:
+                example = {"test": "\n".join(f"assert f({xs!r}) == {a!r}" for xs, a in zip(inputs, answers))}
+            key = "stdin" if fmt == "stdin" else "call"
+            if k % 10 == 9:
+                kind = list(_CODE_EXTRAS)[(k // 10) % len(_CODE_EXTRAS)]
+                code, label = _CODE_EXTRAS[kind][0 if fmt == "stdin" else 1], 0
+            else:
+                kind, label = "plain", int(rng.random() < 0.5)
+                code = task[f"{key}_ok" if label else f"{key}_bad"]
+            items.append((fmt, kind, f"Here is the solution.\n```python\n{code}\n```\n", example, label))
+    return items
+
+
+def bench_code(n: int = 100, cases: int = 5, seed: int = 0) -> dict:
+    """Code verifications per second (wall clock) through the sandbox pool, per test format:
+    plain right/wrong solutions, then the misbehaving ones (a looping one costs its 1 s case
+    limit). Every score must match its label."""
+    from verifiers.code import CodeVerifier
+
+    verifier = CodeVerifier(case_timeout_s=1.0, solution_timeout_s=5.0)
+    verifier.score("print(1)", {"tests": {"inputs": [""], "outputs": ["1"]}})  # start the sandboxes
+    items = generate_code_tasks(n, seed, cases)
+    results: dict = {"solutions_per_format": n, "cases_per_solution": cases}
+    print(f"code verification, {n} solutions per format ({cases} cases each, 10% misbehaving), "
+          f"{verifier._get_sandbox_pool().workers} sandbox workers, wall clock")
+    for fmt in ("stdin", "call", "assert"):
+        for group in ("plain", "misbehaving"):
+            part = [item for item in items if item[0] == fmt and (item[1] == "plain") == (group == "plain")]
+            started = time.perf_counter()
+            scores = verifier.score_batch([item[2] for item in part], [item[3] for item in part])
+            seconds = time.perf_counter() - started
+            matched = sum(int(score.reward == item[4]) for score, item in zip(scores, part))
+            results[f"{fmt}_{group}"] = {"per_s": len(part) / seconds, "matched": matched, "total": len(part)}
+            print(f"  {fmt:6s} {group:11s}: {len(part) / seconds:7.1f} solutions/s "
+                  f"({len(part) * cases / seconds:7.1f} cases/s), labels matched {matched}/{len(part)}")
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=3000)
@@ -393,12 +480,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--show", type=int, default=30, help="disagreements to list")
     parser.add_argument("--no-pool", action="store_true", help="inline figures only")
     parser.add_argument("--no-table", action="store_true", help="skip the labeled-table accuracy run")
+    parser.add_argument("--code-solutions", type=int, default=100, help="code solutions per test format")
+    parser.add_argument("--code-only", action="store_true", help="only the code verification figures")
+    parser.add_argument("--no-code", action="store_true", help="skip the code verification figures")
     args = parser.parse_args(argv)
+    if args.code_only:
+        bench_code(args.code_solutions, seed=args.seed)
+        return 0
     pairs = generate_pairs(args.pairs, args.seed)
     bench_math(pairs, workers=args.workers, show=args.show, with_pool=not args.no_pool)
     if not args.no_table:
         print()
         bench_table(workers=args.workers, show=args.show)
+    if not args.no_code:
+        print()
+        bench_code(args.code_solutions, seed=args.seed)
     return 0
 
 

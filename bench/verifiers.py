@@ -332,6 +332,13 @@ def _print_math(results: dict, workers: int, show: int) -> None:
           + (f", pool {results['throughput_ratio_pool']:.1f}x" if "throughput_ratio_pool" in results else ""))
     disagreements = results["disagreements"]
     print(f"  agreement {results['agreement']:.2%} ({len(disagreements)} disagreements)")
+    if disagreements:
+        from collections import Counter
+
+        kinds = Counter(pair.kind for pair, _, _ in disagreements)
+        ours_right = sum(ours_score.reward == pair.label for pair, ours_score, _ in disagreements)
+        print("    by kind: " + ", ".join(f"{kind} {count}" for kind, count in kinds.most_common())
+              + f"; the generator's label sides with ours in {ours_right}/{len(disagreements)}")
     for pair, ours_score, theirs in disagreements[:show]:
         answer = pair.completion.rsplit("\\boxed{", 1)[-1][:-3]
         who = "ours" if ours_score.reward == pair.label else "math-verify"

@@ -50,6 +50,7 @@ class ArithmeticConfig:
 class DataConfig:
     # "arithmetic" (generated locally), a local file/dir (jsonl, json, parquet, csv, save_to_disk dir) or a hub id.
     source: str = "arithmetic"
+    subset: Optional[str] = None  # the dataset's config name on the hub (e.g. "main" for openai/gsm8k)
     split: str = "train"
     # Optional separate eval source; otherwise `eval_size` rows are split off deterministically.
     eval_source: Optional[str] = None
@@ -59,6 +60,11 @@ class DataConfig:
     prompt_field: str = "prompt"
     answer_field: str = "answer"
     solution_field: str = "solution"
+    # Rename columns on load, {existing: new}, e.g. {input_output: tests} for APPS-style code data.
+    column_map: Dict[str, str] = field(default_factory=dict)
+    # When set, the reference answer is this regex's first group in the answer field, e.g. "####\\s*(.+)$"
+    # for GSM8K, whose answer column holds the worked solution.
+    answer_regex: Optional[str] = None
     # Extra columns a verifier needs (e.g. ["tests"] for the code verifier); all columns are passed anyway,
     # listing them here makes a missing one an error at load time instead of a zero reward later.
     required_fields: List[str] = field(default_factory=list)
@@ -312,6 +318,14 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     _check(d.max_prompt_tokens > 0, source, "data.max_prompt_tokens", "must be > 0")
     _check("{prompt}" in d.prompt_template, source, "data.prompt_template", "must contain '{prompt}'")
     _check(d.limit is None or d.limit > 0, source, "data.limit", "must be > 0 when set")
+    if d.answer_regex is not None:
+        import re
+
+        try:
+            groups = re.compile(d.answer_regex).groups
+        except re.error as exc:
+            raise ConfigError(f"{source}: key 'data.answer_regex': not a valid regular expression: {exc}") from None
+        _check(groups >= 1, source, "data.answer_regex", "needs one capture group around the answer")
     a = d.arithmetic
     _check(1 <= a.max_digits <= 9, source, "data.arithmetic.max_digits", "must be in [1, 9]")
     for i, op in enumerate(a.ops):

@@ -6,6 +6,7 @@ original column is kept on the example, so verifiers can read what they need (e.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -45,7 +46,7 @@ def _check_jsonl_lines(path: Path) -> None:
                                 f"got {type(value).__name__}")
 
 
-def load_rows(source: str, split: str = "train") -> datasets.Dataset:
+def load_rows(source: str, split: str = "train", subset: str | None = None) -> datasets.Dataset:
     """Rows from a local jsonl/json/parquet/csv file, a `save_to_disk` directory, or a hub id."""
     path = Path(source)
     if path.exists():
@@ -70,7 +71,18 @@ def load_rows(source: str, split: str = "train") -> datasets.Dataset:
     if source.startswith((".", "/")) or source.endswith(tuple(LOCAL_FORMATS)):
         raise DataError(f"{source}: file not found")
     # A hub id (or a dataset script name); needs the network or a local HF cache.
-    return datasets.load_dataset(source, split=split)
+    return datasets.load_dataset(source, subset, split=split)
+
+
+def prepare_rows(ds: datasets.Dataset, cfg: DataConfig, source: str) -> datasets.Dataset:
+    """Apply the config's column renames."""
+    for old, new in cfg.column_map.items():
+        if old not in ds.column_names:
+            raise DataError(f"{source}: data.column_map names column '{old}', which is not in {ds.column_names}")
+        if new in ds.column_names:
+            ds = ds.remove_columns(new)
+        ds = ds.rename_column(old, new)
+    return ds
 
 
 def _missing(value: Any) -> bool:
@@ -107,12 +119,16 @@ def format_prompt(question: str, cfg: DataConfig, tokenizer=None) -> str:
 def to_examples(ds: datasets.Dataset, cfg: DataConfig, tokenizer=None, source: str = "data") -> list[Example]:
     """Validated rows -> Examples; the verifier reads the answer from `row["answer"]`."""
     validate_rows(ds, [cfg.prompt_field, cfg.answer_field, *cfg.required_fields], source)
+    pattern = re.compile(cfg.answer_regex, re.MULTILINE) if cfg.answer_regex else None
     out = []
     for i, row in enumerate(ds):
         row = dict(row)
-        row.setdefault("answer", row[cfg.answer_field])
-        if cfg.answer_field != "answer":
-            row["answer"] = row[cfg.answer_field]
+        row["answer"] = row[cfg.answer_field]
+        if pattern is not None:
+            match = pattern.search(str(row["answer"]))
+            if match is None:
+                raise DataError(f"{source}: row {i}: field '{cfg.answer_field}' does not match data.answer_regex")
+            row["answer"] = match.group(1).strip()
         prompt = format_prompt(str(row[cfg.prompt_field]), cfg, tokenizer)
         if tokenizer is not None:
             n = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
@@ -152,9 +168,10 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
         if cfg.limit:
             rl = rl.select(range(min(cfg.limit, len(rl))))
         return Splits(sft=pools["sft"], rl=rl, eval=pools["eval"])
-    ds = load_rows(cfg.source, cfg.split)
+    ds = prepare_rows(load_rows(cfg.source, cfg.split, cfg.subset), cfg, cfg.source)
     if cfg.eval_source:
-        train, evaluation = ds, load_rows(cfg.eval_source, cfg.eval_split)
+        evaluation = load_rows(cfg.eval_source, cfg.eval_split, cfg.subset if cfg.eval_source == cfg.source else None)
+        train, evaluation = ds, prepare_rows(evaluation, cfg, cfg.eval_source)
     else:
         train, evaluation = train_eval_split(ds, cfg.eval_size, seed)
     if cfg.limit:

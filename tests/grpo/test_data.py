@@ -89,3 +89,20 @@ def test_chat_template_applied(tiny_model_dir):
     assert "Q: What is 1 + 1?" in text and text != "Q: What is 1 + 1?"
     assert text == tok.apply_chat_template([{"role": "user", "content": "Q: What is 1 + 1?"}], tokenize=False,
                                            add_generation_prompt=True)
+
+
+def test_column_map_and_answer_regex(tmp_path):
+    rows = [{"question": "q", "worked": "2 + 2 = 4\n#### 4", "input_output": "{}"}]
+    path = tmp_path / "g.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    from grpo.data import prepare_rows
+
+    cfg = DataConfig(source=str(path), prompt_field="question", answer_field="worked", answer_regex=r"####\s*(.+)$",
+                     column_map={"input_output": "tests"}, apply_chat_template=False)
+    ds = prepare_rows(load_rows(str(path)), cfg, str(path))
+    assert "tests" in ds.column_names
+    ex = to_examples(ds, cfg, source=str(path))[0]
+    assert ex.answer == "4" and ex.row["answer"] == "4"
+    bad = DataConfig(source=str(path), prompt_field="question", answer_field="question", answer_regex=r"####\s*(.+)$")
+    with pytest.raises(DataError, match="row 0.*answer_regex"):
+        to_examples(ds, bad, source=str(path))

@@ -89,6 +89,8 @@ CASES: list[Case] = [
     _c(r"\sqrt{2}", "\\boxed{\u221a2}", 1, "normalization"),
     _c("2", r"\boxed{\displaystyle 2}", 1, "normalization"),
     _c("0.5", r"\boxed{\;0.5\,}", 1, "normalization"),
+    _c("x^2", "\\boxed{x²}", 1, "normalization"),
+    _c("0.00015", r"\boxed{1.5 \times 10^{-4}}", 1, "normalization"),
     _c("1", r"\boxed{1,000}", 0, "normalization"),
     _c("1.234", r"\boxed{1,234}", 0, "normalization"),
     _c("50", r"\boxed{5 \text{ cm}}", 0, "normalization"),

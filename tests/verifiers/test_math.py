@@ -186,13 +186,16 @@ def test_reference_types():
     assert score(r"\boxed{42}", 42).reward == 1.0
     assert score(r"\boxed{0.25}", 0.25).reward == 1.0
     assert score(r"\boxed{\frac13}", Fraction(1, 3)).reward == 1.0
+    assert score(r"\boxed{10^{-7}}", 1e-07).reward == 1.0            # not "1e-07" read as 1*e - 7
+    assert score(r"\boxed{1.5e-3}", "0.0015").reward == 1.0
     assert score(r"\boxed{6}", ["6", "x = 6"]).reward == 1.0          # any of several references
     assert score(r"\boxed{7}", ["6", "x = 6"]).reward == 0.0
     solution = r"We find $x = 4$, so the answer is $\boxed{4}$."      # a full MATH solution
     assert score(r"\boxed{4}", solution).reward == 1.0
 
 
-@pytest.mark.parametrize("example", [{}, {"solution": "4"}, {"answer": True}, {"answer": None}, {"answer": []}])
+@pytest.mark.parametrize("example", [{}, {"solution": "4"}, {"answer": True}, {"answer": None}, {"answer": []},
+                                     {"answer": float("nan")}])
 def test_a_bad_reference_is_a_clear_error(example):
     with pytest.raises(ValueError, match="answer"):
         VERIFIER.score(r"\boxed{4}", example)

@@ -15,7 +15,7 @@ _UNICODE = {
     "−": "-", "–": "-", "×": r"\times ", "÷": "/", "·": r"\cdot ", "⋅": r"\cdot ",
     "π": r"\pi ", "∞": r"\infty ", "±": r"\pm ", "∓": r"\mp ", "√": r"\sqrt ",
     "≤": r"\le ", "≥": r"\ge ", "≠": r"\ne ", "∪": r"\cup ", "∩": r"\cap ", "∈": r"\in ",
-    "°": r"^\circ ", "\u00a0": " ", "\u2009": " ", "\u202f": " ", "％": "%",
+    "°": r"^\circ ", "²": "^2", "³": "^3", "\u00a0": " ", "\u2009": " ", "\u202f": " ", "％": "%",
 }
 
 # Commands that only style their argument: `\text{5 cm}` -> `5 cm`.
@@ -56,6 +56,7 @@ _LEADING_WORDS_RE = re.compile(r"^(?:the\s+)?(?:answer|result|value|solution)s?\
 
 _WHOLE_THOUSANDS_RE = re.compile(r"^[-+]?\d{1,3}(?:(?:,|\{,\}|\\,|\s)\d{3})+(?:\.\d+)?$")
 _WHOLE_EUROPEAN_RE = re.compile(r"^[-+]?\d{1,3}(?:\.\d{3})+,\d+$")
+_SCIENTIFIC_RE = re.compile(r"^([-+]?\d+(?:\.\d+)?)[eE]([-+]?\d+)$")  # 1.5e-3, the whole answer
 _BRACED_COMMA_RE = re.compile(r"(?<=\d)\{,\}(?=\d)")
 
 
@@ -159,4 +160,5 @@ def normalize_answer(text: str) -> str:
     text = re.sub(r"\\frac\s*(\{[^{}]*\})\s*([0-9a-zA-Z])", r"\\frac\1{\2}", text)
     text = re.sub(r"\\sqrt\s*(\d)", r"\\sqrt{\1}", text)
     text = _normalize_single_number(text)
+    text = _SCIENTIFIC_RE.sub(r"\1 \\times 10^{\2}", text)
     return text.strip()

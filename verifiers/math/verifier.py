@@ -1,8 +1,11 @@
 """`MathVerifier`: reward 1.0 when the completion's final answer equals `example["answer"]`."""
 from __future__ import annotations
 
+import math
+import numbers
 import re
 import time
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any, Iterable, Sequence
 
@@ -151,12 +154,15 @@ def reference_text(raw: Any) -> str:
     """The reference as a string: numbers exactly, a full solution through its last box."""
     if isinstance(raw, bool):
         raise ValueError("math verifier: example['answer'] is a bool, expected a string or number")
-    if isinstance(raw, int):
-        return str(raw)
-    if isinstance(raw, float):
-        return repr(raw)
     if isinstance(raw, Fraction):
         return f"{raw.numerator}/{raw.denominator}"
+    if isinstance(raw, numbers.Integral):
+        return str(int(raw))
+    if isinstance(raw, numbers.Real):
+        value = float(raw)
+        if not math.isfinite(value):
+            raise ValueError(f"math verifier: example['answer'] is {value!r}, expected a finite number")
+        return format(Decimal(repr(value)), "f")  # 1e-07 -> 0.0000001, never exponent notation
     if not isinstance(raw, str):
         raise ValueError(f"math verifier: example['answer'] must be a string or number, got {type(raw).__name__}")
     if "\\boxed" in raw or "\\fbox" in raw:

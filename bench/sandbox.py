@@ -103,7 +103,9 @@ def bwrap_per_job(code: str, jobs: int, workers: int):
     layout = interpreter_layout()
     config = {"env": _sandbox_env(layout)}
     base = bwrap_argv(find_bwrap(), layout, config)
-    base = base[:base.index("--uid")] + ["--chdir", "/tmp", layout.executable, "-I", "-S", "-c"]
+    # --as-pid-1: the interpreter is bwrap's own child, so its CPU time is accounted to us.
+    base = base[:base.index("--uid")] + ["--as-pid-1", "--chdir", "/tmp", layout.executable,
+                                         "-I", "-S", "-c"]
 
     def one(_):
         proc = subprocess.run(base + [code], capture_output=True, timeout=30, env={})

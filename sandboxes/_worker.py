@@ -155,7 +155,6 @@ MNT_DETACH = 2
 PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP = 24
 PR_SET_SECUREBITS = 28
-PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 # exec never grants root capabilities, setuid away from 0 always clears them, no ambient
 # capabilities: each bit set (or cleared) and locked.

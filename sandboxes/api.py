@@ -54,7 +54,8 @@ def run_python(code: str, stdin: str | bytes = "", limits: Limits | None = None,
 def run_python_once(code: str, stdin: str | bytes = "", limits: Limits | None = None,
                     files: Mapping[str, str | bytes] | None = None) -> SandboxResult:
     """Like `run_python`, but in a sandbox started for this run alone and torn down after it
-    (one bwrap and one fresh interpreter per run: ~10x slower, nothing kept running)."""
+    (one bwrap and one fresh interpreter per run: several times slower than a pool, but
+    nothing is kept running)."""
     limits = replace(limits or Limits()).validate()
     if limits.backend == "rlimit":
         warn_rlimit_backend()

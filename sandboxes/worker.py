@@ -163,6 +163,21 @@ def _encode_config(config: dict) -> str:
     return marshal.dumps(config).hex()
 
 
+def _readable_by(uid: int, path: str) -> bool:
+    """Whether `uid` (by owner or other permission bits; groups ignored) can reach and list
+    `path`."""
+    if uid == 0:
+        return True
+    current = "/"
+    for part in ("",) + Path(os.path.realpath(path)).parts[1:]:
+        current = os.path.join(current, part)
+        mode = os.stat(current)
+        bits = (mode.st_mode >> 6) & 7 if mode.st_uid == uid else mode.st_mode & 7
+        if not bits & 1:
+            return False
+    return bool(bits & 4)
+
+
 def advice_for(stderr_text: str) -> str:
     text = stderr_text.strip()
     lowered = text.lower()
@@ -254,6 +269,12 @@ class WorkerProcess:
 
     def _start_rlimit(self, layout: InterpreterLayout) -> None:
         root = os.geteuid() == 0
+        stdlib = os.path.dirname(os.__file__)
+        if root and not _readable_by(UNPRIVILEGED_HOST_ID, stdlib):
+            raise SandboxUnavailable(
+                f"backend 'rlimit' runs jobs as uid {UNPRIVILEGED_HOST_ID} when the host is root, "
+                f"and that uid cannot read the standard library at {stdlib}; make the "
+                "interpreter world-readable, run as a non-root user, or use backend 'bwrap'")
         self._scratch = tempfile.mkdtemp(prefix="sandbox-rlimit-")
         os.chmod(self._scratch, 0o711)  # the job's uid must reach its own directory inside
         env = _sandbox_env(layout)
@@ -351,7 +372,6 @@ class WorkerProcess:
             proc.wait()
             for stream in (proc.stdin, proc.stdout):
                 stream.close()
-        self._proc_returncode = proc.returncode if proc is not None else None
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None

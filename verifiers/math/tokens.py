@@ -99,10 +99,7 @@ def tokenize(text: str) -> list[Token]:
             name = value[1:]
             if name in _COMMANDS:
                 token_kind, token_value = _COMMANDS[name]
-                if token_kind == "open" or token_kind == "close":
-                    tokens.append(Token(token_kind, token_value, start, end))
-                else:
-                    tokens.append(Token(token_kind, token_value, start, end))
+                tokens.append(Token(token_kind, token_value, start, end))
             elif name in GREEK:
                 tokens.append(Token("id", name, start, end))
             elif name in FUNCTIONS:

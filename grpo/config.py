@@ -86,7 +86,7 @@ class VerifierSpec:
 @dataclass
 class VerifyConfig:
     workers: int = 2  # worker processes for batch scoring; 0 scores inline
-    timeout_s: float = 10.0  # hard per-item limit; a stuck item scores 0
+    timeout_s: float = 30.0  # hard per-item limit; a stuck item scores 0 (code items may take ~20 s)
     sandbox: Limits = field(default_factory=Limits)
 
 

@@ -256,6 +256,7 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
             "tokens_per_second": gen_tokens / max(t_gen, 1e-9),
             **per_verifier, **{f"policy/{k}": v for k, v in stats_acc.items()}, **step_stats, **timings,
         }
+        local.update(ctx.verifier.metrics())  # cumulative verifier errors/timeouts
         record = all_reduce_mean(local)
         record["timing/weight_push"] = push_s
         if g.check_weight_sync:

@@ -84,7 +84,10 @@ class VLLMRollout:
 
         kwargs = dict(model=model_path, dtype=dtype, enforce_eager=cfg.enforce_eager,
                       gpu_memory_utilization=cfg.gpu_memory_utilization, tensor_parallel_size=cfg.tensor_parallel_size,
-                      seed=cfg.seed, logprobs_mode="processed_logprobs", enable_prefix_caching=True)
+                      seed=cfg.seed, logprobs_mode="processed_logprobs", enable_prefix_caching=True,
+                      # Seeded requests (our exact-resume guarantee) crash the CPU backend when a prompt's
+                      # prefill is split across steps ("CPU Generator does not use offset"): prefill whole.
+                      enable_chunked_prefill=False)
         if torch.distributed.is_initialized():
             kwargs["distributed_executor_backend"] = "external_launcher"
         if cfg.enable_sleep_mode:

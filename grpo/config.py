@@ -168,8 +168,11 @@ class SFTConfig:
     tokens_per_batch: int = 8192  # packed tokens per optimizer step (per rank)
     max_seq_len: int = 512
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=50, schedule="cosine"))
+    micro_batch_size: Optional[int] = None  # packed rows per forward pass (default 8)
+    eval_size: Optional[int] = None  # held-out demonstrations for the eval loss (default 5%, at most 500)
     eval_every: int = 100
     patience: int = 3  # evals without improvement before stopping early; 0 disables early stopping
+    min_delta: float = 0.0  # an eval loss must improve by more than this to count
     save_every: int = 200
 
 
@@ -189,9 +192,16 @@ class DPOConfig:
     length_normalize: bool = False
     rpo_alpha: float = 0.0
     epochs: int = 1
-    batch_size: int = 16
+    max_steps: Optional[int] = None  # stop after this many optimizer steps (default: epochs over the pairs)
+    batch_size: int = 16  # pairs per optimizer step (per rank)
+    micro_batch_size: Optional[int] = None  # pairs per forward pass (default 8)
     max_seq_len: int = 512
+    # Reference logprobs computed once before training (and cached by a content key), so no
+    # reference model is in memory while training; false keeps a live frozen reference.
+    precompute_reference: bool = True
+    reference_cache_dir: Optional[str] = None  # default: beside the pairs file / in the run dir
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-6, warmup_steps=10))
+    eval_every: int = 0  # held-out pair margin/accuracy every N steps (0: only at the end)
     save_every: int = 200
 
 
@@ -243,7 +253,7 @@ def _merge_or_raise(base: DictConfig, other: DictConfig, source: str) -> DictCon
         return OmegaConf.merge(base, other)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "?"
-        msg = getattr(exc, "msg", None) or str(exc).splitlines()[0]
+        msg = (getattr(exc, "msg", None) or str(exc)).strip().splitlines()[0]
         raise ConfigError(f"{source}: key '{key}': {msg}") from None
 
 
@@ -276,7 +286,8 @@ def load_config(path: str | Path | None = None, overrides: List[str] | None = No
         obj: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "?"
-        raise ConfigError(f"{source}: key '{key}': {getattr(exc, 'msg', exc)}") from None
+        msg = str(getattr(exc, "msg", None) or exc).strip().splitlines()[0]
+        raise ConfigError(f"{source}: key '{key}': {msg}") from None
     validate(obj, source)
     return obj
 
@@ -383,6 +394,8 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     _check(s.max_seq_len > 0, source, "sft.max_seq_len", "must be > 0")
     _check(s.patience >= 0, source, "sft.patience", "must be >= 0")
     _check(s.eval_every >= 0, source, "sft.eval_every", "must be >= 0")
+    _check(s.micro_batch_size is None or s.micro_batch_size > 0, source, "sft.micro_batch_size", "must be > 0")
+    _check(s.eval_size is None or s.eval_size >= 0, source, "sft.eval_size", "must be >= 0")
     _validate_optim(s.optim, source, "sft.optim")
 
     p = cfg.dpo
@@ -396,7 +409,11 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     _check(p.beta > 0, source, "dpo.beta", "must be > 0")
     _check(0 <= p.label_smoothing < 0.5, source, "dpo.label_smoothing", "must be in [0, 0.5)")
     _check(p.rpo_alpha >= 0, source, "dpo.rpo_alpha", "must be >= 0")
-    _check(p.epochs >= 1 and p.batch_size >= 1, source, "dpo.epochs", "epochs and batch_size must be >= 1")
+    _check(p.epochs >= 1, source, "dpo.epochs", "must be >= 1")
+    _check(p.batch_size >= 1, source, "dpo.batch_size", "must be >= 1")
+    _check(p.max_steps is None or p.max_steps > 0, source, "dpo.max_steps", "must be > 0 when set")
+    _check(p.micro_batch_size is None or p.micro_batch_size > 0, source, "dpo.micro_batch_size", "must be > 0")
+    _check(p.eval_every >= 0, source, "dpo.eval_every", "must be >= 0")
     _validate_optim(p.optim, source, "dpo.optim")
 
     _check(cfg.eval.num_problems >= 0, source, "eval.num_problems", "must be >= 0")

@@ -89,6 +89,8 @@ def test_two_ranks_zero2_weights_change_and_engine_stays_in_sync(tmp_path, model
     for r in rows:
         # after every push, vLLM's logprobs of a completion equal the trainer's forward pass
         assert r["sync/max_logprob_diff"] < 1e-4, r
+        # the sampler's logprobs of what it sampled equal the trainer's (on-policy, same weights)
+        assert r["sampler_logprob_diff"] < 1e-4, r
         assert r["grad_norm"] > 0
     before = load_file(str(model_dir / "model.safetensors"))
     after = load_file(str(run_dir / "grpo" / "final" / "model.safetensors"))
@@ -118,10 +120,11 @@ def test_two_nodes_rendezvous_over_loopback(tmp_path, model_dir):
 def test_resume_matches_uninterrupted_run(tmp_path, model_dir):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
-    run(grpo("train", str(write_config(a, model_dir)), "grpo.steps=4"), a)
+    temp = "rollout.temperature=0.8"  # logprobs are compared at a temperature other than 1 too
+    run(grpo("train", str(write_config(a, model_dir)), "grpo.steps=4", temp), a)
     cfg_b = write_config(b, model_dir)
-    run(grpo("train", str(cfg_b), "grpo.steps=2"), b)  # "interrupted" after step 2 (checkpoint saved)
-    out = run(grpo("train", str(cfg_b), "grpo.steps=4"), b)
+    run(grpo("train", str(cfg_b), "grpo.steps=2", temp), b)  # "interrupted" after step 2 (checkpoint saved)
+    out = run(grpo("train", str(cfg_b), "grpo.steps=4", temp), b)
     assert "resumed from checkpoint" in out.stdout + out.stderr and "at step 2" in out.stdout + out.stderr
     full = {r["step"]: r for r in metrics(a / "runs" / "e2e")}
     resumed = [r for r in metrics(b / "runs" / "e2e")]
@@ -131,3 +134,4 @@ def test_resume_matches_uninterrupted_run(tmp_path, model_dir):
         assert r["reward/mean"] == pytest.approx(ref["reward/mean"], abs=1e-6), r["step"]
         assert r["policy/pg_loss"] == pytest.approx(ref["policy/pg_loss"], abs=1e-5), r["step"]
         assert r["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-4), r["step"]
+        assert r["sampler_logprob_diff"] < 1e-4

@@ -97,17 +97,17 @@ def sequence_logprobs(forward, batch: dict, temperature: float, with_entropy: bo
     return logps, ent
 
 
-def _score_groups(ctx: StageContext, groups: list[Group], rows: list[dict]) -> tuple[list[list[float]], dict]:
+def _score_groups(ctx: StageContext, groups: list[Group], rows: list[dict],
+                  per_verifier: dict[str, list[float]]) -> list[list[float]]:
+    """Rewards per group; each verifier's own rewards are appended to `per_verifier`."""
     texts = [c.text for g in groups for c in g.completions]
     flat_rows = [row for g, row in zip(groups, rows) for _ in g.completions]
     scores = ctx.verifier.score_batch(texts, flat_rows)
-    per_verifier: dict[str, list[float]] = {}
     for s in scores:
         for name, r in (s.info.get("rewards") or {}).items():
             per_verifier.setdefault(name, []).append(float(r))
     G = len(groups[0].completions) if groups else 0
-    rewards = [[scores[i * G + j].reward for j in range(G)] for i in range(len(groups))]
-    return rewards, {f"rewards/{k}/mean": sum(v) / len(v) for k, v in per_verifier.items()}
+    return [[scores[i * G + j].reward for j in range(G)] for i in range(len(groups))]
 
 
 def train(ctx: StageContext, init_model_path: str) -> Path:
@@ -152,8 +152,8 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
         # ---- rollout + verification (with DAPO dynamic sampling) --------------------------------
         kept: list[tuple[Group, list[float]]] = []
         dropped: list[tuple[Group, list[float]]] = []
-        per_verifier: dict[str, float] = {}
-        rounds, t_gen, t_ver, all_rewards = 0, 0.0, 0.0, []
+        per_verifier: dict[str, list[float]] = {}
+        rounds, t_gen, t_ver, all_rewards, flat_groups = 0, 0.0, 0.0, [], 0
         while len(kept) < P and rounds < (g.max_sampling_rounds if g.dynamic_sampling else 1):
             picks = stream.take(P - len(kept))
             batch_ex = [examples[i] for _, i in picks]
@@ -161,11 +161,11 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
             groups = rollout.generate([e.prompt for e in batch_ex], spec,
                                       [request_seed(cfg.seed, pos) for pos, _ in picks])
             t1 = time.perf_counter()
-            rewards, pv = _score_groups(ctx, groups, [e.row for e in batch_ex])
+            rewards = _score_groups(ctx, groups, [e.row for e in batch_ex], per_verifier)
             t_gen, t_ver = t_gen + t1 - t0, t_ver + time.perf_counter() - t1
-            per_verifier = pv if not per_verifier else {k: (per_verifier.get(k, v) + v) / 2 for k, v in pv.items()}
             for grp, rw in zip(groups, rewards):
                 all_rewards.extend(rw)
+                flat_groups += max(rw) == min(rw)
                 if g.dynamic_sampling and max(rw) == min(rw):
                     dropped.append((grp, rw))
                 else:
@@ -248,13 +248,15 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
         ar = torch.tensor(all_rewards)
         local = {
             "reward/mean": float(ar.mean()), "reward/std": float(ar.std()) if len(ar) > 1 else 0.0,
-            "frac_reward_zero_std": adv.zero_std_fraction,
+            # over every sampled group, before dynamic sampling dropped any
+            "frac_reward_zero_std": flat_groups / max(len(all_rewards) // G, 1),
             "completions/mean_length": sum(lengths) / len(lengths), "completions/max_length": max(lengths),
             "completions/clipped_ratio": sum(s.truncated for s in samples) / len(samples),
             "sampling/rounds": rounds, "sampling/dropped_groups": len(dropped), "sampling/filler_groups": len(filler),
             "sampler_logprob_diff": mismatch / max(mismatch_n, 1),
             "tokens_per_second": gen_tokens / max(t_gen, 1e-9),
-            **per_verifier, **{f"policy/{k}": v for k, v in stats_acc.items()}, **step_stats, **timings,
+            **{f"rewards/{k}/mean": sum(v) / len(v) for k, v in per_verifier.items()},
+            **{f"policy/{k}": v for k, v in stats_acc.items()}, **step_stats, **timings,
         }
         local.update(ctx.verifier.metrics())  # cumulative verifier errors/timeouts
         record = all_reduce_mean(local)

@@ -106,7 +106,8 @@ def test_two_nodes_rendezvous_over_loopback(tmp_path, model_dir):
     for node in (0, 1):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
                "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}",
-               "-m", "grpo.cli", "train", str(cfg), "grpo.steps=2", "engine.zero_stage=2"]
+               "-m", "grpo.cli", "train", str(cfg), "grpo.steps=2", "engine.zero_stage=2",
+               "grpo.dynamic_sampling=true", "grpo.max_sampling_rounds=2"]
         procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
     outs = [p.communicate(timeout=400)[0] for p in procs]

@@ -31,7 +31,7 @@ from grpo.models import load_model
 from grpo.preference_data import (TokenizedPair, fit_pair, load_preference_file, load_tokenized_pairs,
                                   save_tokenized_pairs, tokenize_pairs)
 from grpo.reference_cache import (ReferenceLogps, cache_file, cache_key, compute_reference_logps, load_or_compute,
-                                  pair_batch, sequence_logps, to_device, writable_dir)
+                                  lockstep_chunks, pair_batch, sequence_logps, to_device, writable_dir)
 from grpo.rollout import SamplingSpec
 
 DEFAULT_MICRO_PAIRS = 8  # pairs per forward (2x sequences) when dpo.micro_batch_size is not set
@@ -163,10 +163,9 @@ def evaluate_pairs(engine: TrainEngine, scorer: PairScorer, idx: list[int], micr
     acc: dict[str, float] = {}
     engine.eval()
     with torch.no_grad():
-        for i in range(0, len(idx), micro):
-            chunk = idx[i:i + micro]
+        for chunk, filler in lockstep_chunks(idx, micro, 0):
             _, stats, _ = scorer(engine.forward, chunk)
-            _weighted(acc, stats, len(chunk))
+            _weighted(acc, stats, 0.0 if filler else len(chunk))  # same keys on every rank
     engine.train()
     acc["_n"] = float(len(idx))
     total = all_reduce_mean(acc) if acc else {}

@@ -66,6 +66,17 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def lockstep_chunks(items: Sequence, size: int, filler) -> list[tuple[list, bool]]:
+    """`items` in chunks of `size`, plus (chunk of `filler`, True) entries until every rank has as
+    many chunks as the busiest one: under ZeRO-3 each forward gathers parameters collectively, so
+    ranks with less data must still run the same number of forwards (their results are discarded)."""
+    from grpo.engine import all_gather_objects
+
+    chunks = [(list(items[i:i + size]), False) for i in range(0, len(items), size)]
+    most = max(all_gather_objects(len(chunks)))
+    return chunks + [([filler], True)] * (most - len(chunks))
+
+
 # ---------------------------------------------------------------------------------------------
 # The reference pass
 
@@ -88,12 +99,13 @@ def compute_reference_logps(forward: Callable, pairs: Sequence[TokenizedPair], *
 
     mine = list(range(rank, len(pairs), world_size))
     out: dict[int, tuple[float, float]] = {}
-    for start in range(0, len(mine), micro_batch_size):
-        idx = mine[start:start + micro_batch_size]
+    for idx, filler in lockstep_chunks(mine, micro_batch_size, 0):
         batch = pair_batch([pairs[i] for i in idx], pad_id)
         if device is not None:
             batch = to_device(batch, device)
         sums, _ = sequence_logps(forward, batch)
+        if filler:
+            continue
         sums = sums.float().cpu()
         b = len(idx)
         for j, i in enumerate(idx):

@@ -34,6 +34,7 @@ from grpo.logprobs import gather_logprobs
 from grpo.metrics import progress, short
 from grpo.models import load_model
 from grpo.preference_data import encode_prompt_answers
+from grpo.reference_cache import lockstep_chunks
 
 # Rows of one forward pass when the config does not say (sft.micro_batch_size).
 DEFAULT_MICRO_ROWS = 8
@@ -206,16 +207,17 @@ class SFTPlan:
 
 
 def _eval_loss(engine: TrainEngine, rows: list[PackedRow], micro_rows: int, pad_id: int, varlen: bool,
-               dtype: torch.dtype, dev: torch.device) -> float:
+               dtype: torch.dtype, dev: torch.device, filler_row: PackedRow) -> float:
     """Token-mean NLL of the answer tokens of `rows` (this rank's share), averaged over ranks by tokens."""
     nll, tokens = 0.0, 0
     engine.eval()
     with torch.no_grad():
-        for i in range(0, len(rows), micro_rows):
-            b = to_device(collate(rows[i:i + micro_rows], pad_id), dev)
+        for chunk, filler in lockstep_chunks(rows, micro_rows, filler_row):
+            b = to_device(collate(chunk, pad_id), dev)
             logps = packed_logprobs(engine.forward, b, varlen=varlen, dtype=dtype)
-            nll += float(-(logps * b["target_mask"]).sum())
-            tokens += int(b["target_mask"].sum())
+            if not filler:
+                nll += float(-(logps * b["target_mask"]).sum())
+                tokens += int(b["target_mask"].sum())
     engine.train()
     totals = all_reduce_mean({"nll": nll, "tokens": float(tokens)})
     return totals["nll"] / max(totals["tokens"], 1.0)
@@ -302,7 +304,7 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
                                                          "early_stopping": asdict(stopper), "stopped": stop})
 
     def run_eval(step: int) -> dict:
-        loss = _eval_loss(engine, eval_rows, micro_rows, pad_id, varlen, dtype, dev)
+        loss = _eval_loss(engine, eval_rows, micro_rows, pad_id, varlen, dtype, dev, rows[0])
         if stopper.update(loss, step):
             _save_best(engine, stage_dir, ctx.tokenizer, step, loss)
         return {"eval/loss": loss, "eval/best_loss": stopper.best, "eval/bad_evals": stopper.bad_evals}

@@ -17,11 +17,9 @@ from grpo.reference_cache import (cache_key, compute_reference_logps, load_or_co
 from grpo.rollout import Completion, Group, SamplingSpec
 
 
-@pytest.fixture(scope="module")
-def micro_model_dir(tmp_path_factory):
-    from grpo.tiny_model import build_preset
-
-    return str(build_preset(tmp_path_factory.mktemp("micro"), "micro"))
+@pytest.fixture
+def micro_model_dir(tiny_model_dir):
+    return str(tiny_model_dir)  # the session's micro-preset model (tests/conftest.py)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,11 +12,9 @@ from grpo.sft_loop import (Demo, EarlyStopping, block_causal_mask, collate, pack
                            tokenize_demos)
 
 
-@pytest.fixture(scope="module")
-def micro_model_dir(tmp_path_factory):
-    from grpo.tiny_model import build_preset
-
-    return str(build_preset(tmp_path_factory.mktemp("micro"), "micro"))
+@pytest.fixture
+def micro_model_dir(tiny_model_dir):
+    return str(tiny_model_dir)  # the session's micro-preset model (tests/conftest.py)
 
 
 def test_best_fit_packing_places_every_item_within_the_row_length():

@@ -44,15 +44,16 @@ def _stage_fingerprint(cfg: RunConfig, stage: str, init_model: str) -> dict:
     return {"stage": stage, "init_model": init_model, "config": json.loads(json.dumps(section, default=str))}
 
 
-def setup(cfg: RunConfig) -> StageContext:
+def setup(cfg: RunConfig, model_path: str | None = None) -> StageContext:
     dist = init_distributed(cfg.engine)
     seed_everything(cfg.seed)
     run_dir = cfg.run_dir
     if dist.is_main:
         save_resolved(cfg, run_dir)
-        model_path = resolve_model_path(cfg.model)  # builds the embedded model once, on rank 0
+        if model_path is None:
+            resolve_model_path(cfg.model)  # builds the embedded model once, on rank 0
     barrier()
-    model_path = resolve_model_path(cfg.model)
+    model_path = model_path or resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(model_path, cfg.model)
     splits = load_splits(cfg.data, cfg.seed)
     return StageContext(cfg=cfg, dist=dist, run_dir=run_dir, base_model_path=model_path, tokenizer=tokenizer,
@@ -115,9 +116,10 @@ def run(cfg: RunConfig, stages: list[str] | None = None) -> dict:
 
 
 def evaluate_only(cfg: RunConfig, model_path: str | None = None) -> dict:
-    ctx = setup(cfg)
+    """Evaluate `model_path` (default: the config's model); the engine is built on it directly."""
+    ctx = setup(cfg, model_path)
     try:
-        result = _eval_model(ctx, model_path)
+        result = _eval_model(ctx, None)
         if ctx.dist.is_main:
             print(json.dumps(result, indent=2))
         return result

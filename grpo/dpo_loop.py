@@ -11,10 +11,12 @@ validated (a bad one stops the run naming its row), every pair is tokenized and 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -31,7 +33,8 @@ from grpo.models import load_model
 from grpo.preference_data import (TokenizedPair, fit_pair, load_preference_file, load_tokenized_pairs,
                                   save_tokenized_pairs, tokenize_pairs)
 from grpo.reference_cache import (ReferenceLogps, cache_file, cache_key, compute_reference_logps, load_or_compute,
-                                  lockstep_chunks, pair_batch, sequence_logps, to_device, writable_dir)
+                                  lockstep_chunks, model_fingerprint, pair_batch, sequence_logps, to_device,
+                                  writable_dir)
 from grpo.rollout import SamplingSpec
 
 DEFAULT_MICRO_PAIRS = 8  # pairs per forward (2x sequences) when dpo.micro_batch_size is not set
@@ -69,11 +72,15 @@ def verifier_pairs(ctx: StageContext, init_model_path: str, stage_dir: Path) -> 
 
     cfg, p, dist = ctx.cfg, ctx.cfg.dpo, ctx.dist
     pairs_path, report_path = stage_dir / "pairs.jsonl", stage_dir / "pairs_report.json"
+    key = pairs_key(ctx, init_model_path)
     if cfg.resume != "never" and pairs_path.exists() and report_path.exists():
-        pairs = load_tokenized_pairs(pairs_path)
+        if json.loads(report_path.read_text()).get("key") == key:
+            pairs = load_tokenized_pairs(pairs_path)
+            if dist.is_main:
+                print(f"[dpo] reusing {len(pairs)} verifier-built pairs from {pairs_path}", flush=True)
+            return pairs
         if dist.is_main:
-            print(f"[dpo] reusing {len(pairs)} verifier-built pairs from {pairs_path}", flush=True)
-        return pairs
+            print(f"[dpo] {pairs_path} was built from another model or other settings: building new pairs", flush=True)
     examples = ctx.examples("rl")[: p.num_prompts]
     mine = examples[dist.rank::dist.world_size]
     ctx.rollout.push_weights(load_weights(init_model_path))  # sample from the policy DPO starts with
@@ -99,7 +106,7 @@ def verifier_pairs(ctx: StageContext, init_model_path: str, stage_dir: Path) -> 
         print(f"[dpo] verifier pairs: {total.summary()} ({time.perf_counter() - t0:.0f}s"
               + (f"; {cut} cut to dpo.max_seq_len" if cut else "") + ")", flush=True)
         save_tokenized_pairs(pairs_path, pairs)
-        report_path.write_text(json.dumps({**total.as_dict(), "truncated": cut,
+        report_path.write_text(json.dumps({**total.as_dict(), "truncated": cut, "key": key,
                                            "wall_s": round(time.perf_counter() - t0, 1)}, indent=2))
     barrier()
     if not pairs:
@@ -109,7 +116,20 @@ def verifier_pairs(ctx: StageContext, init_model_path: str, stage_dir: Path) -> 
     return pairs
 
 
-def split_pairs(pairs: list[TokenizedPair], eval_size: int, seed: int) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
+def pairs_key(ctx: StageContext, init_model_path: str) -> str:
+    """What verifier-built pairs depend on: the sampling model, the prompts, the sampling and choice
+    settings, the verifiers. Saved pairs are reused only under the same key."""
+    cfg, p = ctx.cfg, ctx.cfg.dpo
+    parts = {"model": model_fingerprint(init_model_path), "seed": cfg.seed, "world": ctx.dist.world_size,
+             "data": asdict(cfg.data), "verifiers": [asdict(v) for v in cfg.verifiers],
+             "rollout": {k: getattr(cfg.rollout, k) for k in ("temperature", "top_p", "top_k", "max_tokens")},
+             "dpo": {k: getattr(p, k) for k in ("num_prompts", "samples_per_prompt", "chosen_rule", "rejected_rule",
+                                                "max_seq_len")}}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def split_pairs(pairs: list[TokenizedPair], eval_size: int,
+                seed: int) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
     """A seeded held-out slice (at most a fifth of the pairs), the rest for training."""
     order = list(range(len(pairs)))
     random.Random(seed).shuffle(order)

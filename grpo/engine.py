@@ -176,7 +176,8 @@ class TrainEngine:
         if self.cfg.zero_stage == 3:
             import deepspeed
 
-            for name, param in module.named_parameters():
+            # remove_duplicate=False: tied weights (lm_head = embeddings) must reach vLLM under both names.
+            for name, param in module.named_parameters(remove_duplicate=False):
                 with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
                     yield name, param.detach().clone()
             for name, buf in module.named_buffers():

@@ -25,14 +25,15 @@ def _stage_module(stage: str):
 
 
 def load_weights(model_dir: str | Path):
-    """(name, tensor) pairs of a saved Hugging Face model, for a push into the rollout engine."""
-    from safetensors.torch import load_file
+    """(name, tensor) pairs of a saved Hugging Face model, for a push into the rollout engine.
 
-    files = sorted(Path(model_dir).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{model_dir}: no *.safetensors weights")
-    for f in files:
-        yield from load_file(str(f)).items()
+    Loaded through transformers rather than read from the files: a checkpoint with tied embeddings
+    stores `lm_head.weight` only once, and vLLM's reload given no lm_head keeps a broken one (greedy
+    argmax still right, sampled text garbage). The model's state_dict names every tied copy."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="auto")
+    yield from model.state_dict().items()
 
 
 def _stage_fingerprint(cfg: RunConfig, stage: str, init_model: str) -> dict:

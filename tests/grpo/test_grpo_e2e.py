@@ -136,3 +136,25 @@ def test_resume_matches_uninterrupted_run(tmp_path, model_dir):
         assert r["policy/pg_loss"] == pytest.approx(ref["policy/pg_loss"], abs=1e-5), r["step"]
         assert r["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-4), r["step"]
         assert r["sampler_logprob_diff"] < 1e-4
+
+
+def test_push_of_a_saved_tied_model_matches_transformers(tmp_path, model_dir):
+    """Regression: a checkpoint with tied embeddings stores lm_head once; the push must still give
+    the engine the new lm_head (before the fix greedy text stayed right while sampling was garbage)."""
+    from transformers import AutoModelForCausalLM
+
+    from grpo.config import RolloutConfig
+    from grpo.pipeline import load_weights
+    from grpo.rollout import VLLMRollout
+    from grpo.tiny_model import TINY_PRESETS, build_tiny_model
+
+    other = build_tiny_model(tmp_path / "other", **TINY_PRESETS["micro"], seed=7, initializer_range=0.1)
+    rollout = VLLMRollout(str(model_dir), RolloutConfig(kv_cache_gb=0.1, max_tokens=8), max_model_len=128)
+    rollout.push_weights(load_weights(other))
+    prompt, completion = [7, 8, 9, 10], [11, 12, 13, 14, 15]
+    engine = torch.tensor(rollout.token_logprobs(prompt, completion))
+    model = AutoModelForCausalLM.from_pretrained(other).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1:-1]
+    expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion)[:, None]).squeeze(-1)
+    assert torch.allclose(engine, expected, atol=1e-4), (engine, expected)

@@ -113,6 +113,7 @@ class Run:
     step_ends: list[float] = field(default_factory=list)  # time.time() at the end of each step
     steps: list[dict] = field(default_factory=list)  # normalised per-step figures
     peak_rss_mib: float = 0.0
+    peak_by_process: dict = field(default_factory=dict)  # pid:name -> MiB at the moment of the peak
     cpu_s: float = 0.0  # user + system CPU of the whole tree
     load_before: float = 0.0
     log: str = ""
@@ -160,7 +161,7 @@ class Run:
                 "steps": self.n, "startup_s": self.startup_s, "step_s": self.step_s,
                 "tokens_per_s": self.tokens_per_s, "gen_tokens_per_s": self.gen_tokens_per_s,
                 "peak_rss_mib": self.peak_rss_mib, "cpu_s": self.cpu_s, "wall_s": self.end_time - self.launch_time,
-                "load_before": self.load_before, "log": self.log}
+                "load_before": self.load_before, "peak_by_process": self.peak_by_process, "log": self.log}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,7 +169,8 @@ class Run:
 
 
 class TreeMemoryPoller:
-    """Peak of the summed RSS of a process and all its descendants, polled every `interval` seconds."""
+    """Peak of the summed RSS of a process and all its descendants, polled every `interval` seconds;
+    `at_peak` is what each process held at that moment (name -> MiB)."""
 
     def __init__(self, pid: int, interval: float = 0.1):
         import psutil
@@ -176,28 +178,32 @@ class TreeMemoryPoller:
         self.proc = psutil.Process(pid)
         self.interval = interval
         self.peak = 0
+        self.at_peak: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
 
-    def _sample(self) -> int:
+    def _sample(self) -> dict[str, int]:
         import psutil
 
-        total = 0
         try:
             procs = [self.proc] + self.proc.children(recursive=True)
         except psutil.Error:
-            return 0
+            return {}
+        out = {}
         for p in procs:
             try:
-                total += p.memory_info().rss
+                out[f"{p.pid}:{p.name()}"] = p.memory_info().rss
             except psutil.Error:
                 pass
-        return total
+        return out
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
+            sample = self._sample()
+            total = sum(sample.values())
+            if total > self.peak:
+                self.peak, self.at_peak = total, {k: round(v / 2**20, 1) for k, v in sample.items()}
             self._stop.wait(self.interval)
 
     def stop(self) -> int:
@@ -211,8 +217,12 @@ def _children_cpu_s() -> float:
     return u.ru_utime + u.ru_stime
 
 
-def child_env(threads: int | None) -> dict[str, str]:
+def child_env(threads: int | None, work: Path) -> dict[str, str]:
     env = dict(os.environ)
+    # DeepSpeed JIT-builds a small op at start-up into the torch extensions cache. That cache is shared by
+    # every virtualenv of the user, and two venvs with different include paths rebuild it in turn (2-3 min
+    # of gcc on this machine, inside our start-up). A private cache, warmed once, measures the steady state.
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(work / "torch_extensions"))
     env.update({"TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                 "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"})
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -236,12 +246,27 @@ def launch(cmd: list[str], log_path: Path, run: Run, env: dict[str, str]) -> Run
         code = proc.wait()
         run.end_time = time.time()
         run.peak_rss_mib = poller.stop() / 2**20
+        run.peak_by_process = poller.at_peak
     run.cpu_s = _children_cpu_s() - cpu0
     if code != 0:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-40:])
         raise RuntimeError(f"{run.system} {run.task} ({run.label}) failed with exit code {code}; "
                            f"log {log_path}:\n{tail}")
     return run
+
+
+def warm_up_deepspeed(env: dict[str, str], work: Path) -> None:
+    """Builds (or finds) DeepSpeed's shared-memory op in the private extensions cache before any timing."""
+    code = ("from deepspeed.accelerator import get_accelerator\n"
+            "b = get_accelerator().create_op_builder('ShareMemCommBuilder')\n"
+            "b is not None and b.is_compatible() and b.load()\n")
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    (work / "logs" / "deepspeed_warm_up.log").write_text(proc.stdout + proc.stderr)
+    if time.time() - t0 > 20:
+        print(f"[vs_trl] built DeepSpeed's shared-memory op into {env['TORCH_EXTENSIONS_DIR']} "
+              f"({time.time() - t0:.0f}s, once)", flush=True)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -864,7 +889,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     work = (ROOT / args.workdir).resolve() if not Path(args.workdir).is_absolute() else Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    env = child_env(args.threads)
+    env = child_env(args.threads, work)
+    warm_up_deepspeed(env, work)
     info = machine_info(args.threads)
     t_start = time.time()
     report: list[str] = []

@@ -64,7 +64,7 @@ metrics: {{tensorboard: false, progress_bar: false}}
     return path
 
 
-def run(cmd: list[str], cwd: Path, timeout: int = 400) -> subprocess.CompletedProcess:
+def run(cmd: list[str], cwd: Path, timeout: int = 1200) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -110,7 +110,7 @@ def test_two_nodes_rendezvous_over_loopback(tmp_path, model_dir):
                "grpo.dynamic_sampling=true", "grpo.max_sampling_rounds=2"]
         procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
-    outs = [p.communicate(timeout=400)[0] for p in procs]
+    outs = [p.communicate(timeout=1200)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-5000:]
     rows = metrics(tmp_path / "runs" / "e2e")

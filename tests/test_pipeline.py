@@ -1,6 +1,7 @@
 """The embedded default, scaled down: `grpo run configs/tiny_arith.yaml` with all three stages
 (SFT -> DPO with verifier-built pairs -> GRPO), a few steps each, as a user would launch it."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,10 @@ def test_scaled_down_embedded_pipeline(tmp_path):
         "eval.num_problems=16", "eval.k=2", "metrics.progress_bar=false",
     ]
     cmd = [sys.executable, "-m", "grpo.cli", "run", str(REPO / "configs" / "tiny_arith.yaml"), *overrides]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=1500)
+    # without the rendezvous variables an in-process test's init_distributed may have left behind
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=1500, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     run_dir = tmp_path / "runs" / "tiny_arith"
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -41,7 +45,7 @@ def test_scaled_down_embedded_pipeline(tmp_path):
     assert "Held-out evaluation" in proc.stdout and "| grpo" in proc.stdout
 
     # Launched again, the finished run is recognised stage by stage instead of retrained.
-    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
     assert again.returncode == 0, again.stderr[-4000:]
     for stage in ("sft", "dpo", "grpo"):
         assert f"stage {stage} already finished" in again.stdout

@@ -64,9 +64,20 @@ metrics: {{tensorboard: false, progress_bar: false}}
     return path
 
 
+DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def child_env() -> dict:
+    """This process's environment without the rendezvous variables an in-process test's
+    `init_distributed` left behind (a child would otherwise reuse this process's port)."""
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env.update(PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1",
+               TOKENIZERS_PARALLELISM="false")
+    return env
+
+
 def run(cmd: list[str], cwd: Path, timeout: int = 1200) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-               OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env = child_env()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
@@ -102,7 +113,7 @@ def test_two_nodes_rendezvous_over_loopback(tmp_path, model_dir):
     cfg = write_config(tmp_path, model_dir)
     port = free_port()
     procs = []
-    env = dict(os.environ, PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
+    env = child_env()
     for node in (0, 1):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
                "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}",

@@ -18,7 +18,8 @@ test-fast: env
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 bench: env
-	$(PY) bench/run_all.py
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) bench/run_all.py $(ARGS)
 
 clean:
 	rm -rf runs artifacts .pytest_cache

@@ -46,7 +46,7 @@ class Bench:
 
 
 def benches(work: Path, vs_trl_args: list[str]) -> list[Bench]:
-    md, js = work / "vs_trl.md", work / "vs_trl.json"
+    md, js = (work / "vs_trl.md").relative_to(ROOT), (work / "vs_trl.json").relative_to(ROOT)
     return [
         Bench("sandbox", "bench/sandbox.py", [], ["--jobs", "100"]),
         Bench("verifiers", "bench/verifiers.py", ["--show", "0"],
@@ -61,7 +61,7 @@ def run_one(b: Bench, quick: bool, log_dir: Path, timeout_s: float | None) -> No
     cmd = b.command(quick)
     print(f"[run_all] {b.name}: {' '.join(shlex.quote(c) for c in cmd[1:])}", flush=True)
     for path in b.extra.values():
-        Path(path).unlink(missing_ok=True)  # never report a previous run's figures
+        (ROOT / path).unlink(missing_ok=True)  # never report a previous run's figures
     log = log_dir / f"{b.name}.log"
     t0 = time.time()
     try:
@@ -110,14 +110,16 @@ def verifiers_section(b: Bench) -> tuple[list[str], str]:
 
 
 def vs_trl_section(b: Bench) -> tuple[list[str], str]:
-    md = Path(b.extra["markdown"])
+    md = ROOT / b.extra["markdown"]
     if not md.exists():
         return ["```text", *stdout_of(b).splitlines()[-30:], "```"], "no report (see log)"
     lines = md.read_text().splitlines()
-    # Our section headings one level down: the report has its own "## ..." per benchmark.
+    if lines and lines[0].startswith("## "):  # its own title; the report's section title replaces it
+        lines = lines[1:]
+    # Its section headings one level down: the report has its own "## ..." per benchmark.
     lines = ["#" + ln if ln.startswith("##") else ln for ln in lines]
     headline = "see below"
-    js = Path(b.extra["json"])
+    js = ROOT / b.extra["json"]
     if js.exists():
         data = json.loads(js.read_text())
         parts = []

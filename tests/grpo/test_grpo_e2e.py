@@ -169,3 +169,27 @@ def test_push_of_a_saved_tied_model_matches_transformers(tmp_path, model_dir):
         logits = model(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1:-1]
     expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion)[:, None]).squeeze(-1)
     assert torch.allclose(engine, expected, atol=1e-4), (engine, expected)
+
+
+def test_grpo_raises_a_reward_on_the_arithmetic_prompts(tmp_path):
+    """The loop optimizes what the verifier rewards: from a fresh model on the arithmetic prompts,
+    a plug-in reward (fraction of digits in the answer) rises clearly within 12 steps (measured:
+    0.03 -> 0.31). The math-verifier version needs a trained start; see the README's embedded run."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"""
+name: rise
+output_dir: {tmp_path / 'runs'}
+stages: [grpo]
+model: {{name_or_path: "tiny:micro", tiny_dir: {tmp_path / 'tiny'}}}
+data: {{source: arithmetic, arithmetic: {{n_sft: 0, n_rl: 500, n_eval: 8}}}}
+verifiers: [{{name: "reward_plugins:digit_fraction"}}]
+verify: {{workers: 0}}
+rollout: {{max_tokens: 32, kv_cache_gb: 0.25}}
+grpo: {{steps: 12, prompts_per_step: 8, group_size: 8, micro_batch_size: 64, optim: {{lr: 0.003}}, save_every: 0}}
+eval: {{num_problems: 0}}
+metrics: {{tensorboard: false, progress_bar: false}}
+""")
+    run(grpo("train", str(cfg)), tmp_path)
+    rewards = [r["reward/mean"] for r in metrics(tmp_path / "runs" / "rise")]
+    first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
+    assert last > 2 * first and last - first > 0.05, rewards

@@ -116,8 +116,8 @@ def vs_trl_section(b: Bench) -> tuple[list[str], str]:
     lines = md.read_text().splitlines()
     if lines and lines[0].startswith("## "):  # its own title; the report's section title replaces it
         lines = lines[1:]
-    # Its section headings one level down: the report has its own "## ..." per benchmark.
-    lines = ["#" + ln if ln.startswith("##") else ln for ln in lines]
+    while lines and not lines[0].strip():
+        lines = lines[1:]
     headline = "see below"
     js = ROOT / b.extra["json"]
     if js.exists():

@@ -9,7 +9,7 @@ What runs. Each measurement is a fresh process, ours and TRL's alternating (ours
 that drift in machine load hits both:
 - ours: `python -m grpo.cli train|dpo CONFIG` on a YAML written from configs/tiny_arith.yaml with the
   benchmark's settings; figures are read from runs/<name>/metrics.jsonl.
-- TRL: this file with `--child trl-grpo|trl-dpo` (TRL 1.16, the `bench` extra). TRL generates with
+- TRL: this file as a child process (`--child SPEC.json`; TRL 1.16, the `bench` extra). TRL generates with
   transformers `generate`: its colocated vLLM path fails on the CPU build of vLLM (its weight push
   uses `load_weights`, which the CPU backend rejects), so that is the TRL configuration that runs here.
 
@@ -30,10 +30,13 @@ freshly built (untrained) models of several presets: they never emit EOS, so eve
 full length on both sides and the sweep measures pure throughput.
 
 Figures per run: step time = wall time between the end of step 1 and the end of the last step divided by
-the steps in between (so start-up and the first step's warm-up are out), start-up = process launch to the
-end of step 1, completion tokens per second over the same span (and over the generation phase alone),
-peak resident memory of the whole process tree (polled), the final reward (mean of the last half of the
-steps). The ratios are ours over TRL's (for times: TRL's over ours, so > 1 means we are faster).
+the steps in between (so start-up and the first step's warm-up are out); CPU time per step over the same
+span (the process tree's user + system seconds, polled: it hardly depends on the machine's load);
+start-up = process launch to the end of step 1; completion tokens per second over the same span (and
+over the generation phase alone); peak resident memory of the whole process tree (polled); the final
+reward (mean of the last half of the steps). Rates are compared as ours / TRL's, times as TRL's / ours,
+so "faster" and ratios > 1 favour us. Both systems run with OMP_NUM_THREADS=1 unless `--threads` says
+otherwise (bench/README.md explains why), and our DeepSpeed op cache is private and built before timing.
 """
 from __future__ import annotations
 
@@ -143,26 +146,26 @@ class Run:
         span = cpu_at(self.cpu_series, self.step_ends[-1]) - cpu_at(self.cpu_series, self.step_ends[0])
         return span / (self.n - 1)
 
-    def _sum(self, key: str, first: int = 1) -> float:
+    def total_of(self, key: str, first: int = 1) -> float:
         return sum(float(s.get(key) or 0.0) for s in self.steps[first:])
 
-    def _mean(self, key: str, part: slice = slice(None)) -> float:
+    def mean_of(self, key: str, part: slice = slice(None)) -> float:
         vals = [float(s[key]) for s in self.steps[part] if s.get(key) is not None]
         return statistics.fmean(vals) if vals else float("nan")
 
     @property
     def tokens_per_s(self) -> float:
         """Tokens (GRPO: generated; DPO: pair tokens) of steps 2..N per wall second over the same span."""
-        return self._sum("tokens") / self.span_s
+        return self.total_of("tokens") / self.span_s
 
     @property
     def gen_tokens_per_s(self) -> float:
-        gen = self._sum("gen_s")
-        return self._sum("tokens") / gen if gen > 0 else float("nan")
+        gen = self.total_of("gen_s")
+        return self.total_of("tokens") / gen if gen > 0 else float("nan")
 
     def final(self, key: str) -> float:
         """Mean over the last half of the steps."""
-        return self._mean(key, slice(len(self.steps) // 2, None))
+        return self.mean_of(key, slice(len(self.steps) // 2, None))
 
     def summary(self) -> dict:
         return {"system": self.system, "task": self.task, "label": self.label, "repeat": self.repeat,
@@ -727,8 +730,8 @@ def grpo_table(runs: list[Run], b: GRPOBench) -> tuple[list[str], dict]:
          "tokens_per_s": _both(runs, lambda r: r.tokens_per_s),
          "gen_tokens_per_s": _both(runs, lambda r: r.gen_tokens_per_s), "startup_s": _both(runs, lambda r: r.startup_s),
          "peak_rss_mib": _both(runs, lambda r: r.peak_rss_mib), "reward_final": _both(runs, lambda r: r.final("reward")),
-         "reward_all": _both(runs, lambda r: r._mean("reward")),
-         "mean_length": _both(runs, lambda r: r._mean("mean_length"))}
+         "reward_all": _both(runs, lambda r: r.mean_of("reward")),
+         "mean_length": _both(runs, lambda r: r.mean_of("mean_length"))}
     rows = [
         ("step time, steps 2..N (s)", *m["step_s"].values(), _times, 2),
         ("CPU time per step, steps 2..N (s)", *m["step_cpu_s"].values(), _cpu_times, 2),

@@ -1,30 +1,46 @@
-"""The code that runs inside a sandbox worker: a warm zygote, a supervisor per job, the job's
-init process and the job itself.
+"""The code that runs inside a sandbox worker: a warm zygote, and the job it forks for each run.
 
 Process tree inside one worker (bwrap backend):
 
     bwrap's pid 1 ── zygote (ns root, keeps capabilities, never sees job data)
-                        └─ supervisor S  (one per job: reads the job, new mount/pid/ipc namespaces,
-                           │              private tmpfs, pumps stdin/stdout/stderr, enforces the
-                           │              wall clock and the output cap, writes the result)
-                           └─ init I     (pid 1 of the job's pid namespace; reaps, reports status)
-                               └─ job J  (unprivileged uid, rlimits, runs the untrusted code in
-                                          the already warm interpreter: no exec, no start-up cost)
+                        └─ job J  (one per job, forked fresh: pid 1 of its own pid namespace; its
+                                   own mount and IPC namespaces with a private tmpfs; then an
+                                   unprivileged uid, rlimits, and the untrusted code in the
+                                   already warm interpreter: no exec, no start-up cost)
 
-The zygote forks a fresh S for every job and only ever waits for it, so job code, inputs and
-outputs never enter the zygote's memory and cannot leak into later jobs' forked address spaces.
-When I exits the kernel kills everything left in the job's pid namespace, and the tmpfs dies
-with the mount namespace, so a job leaves nothing behind.
+Who does what for one job:
+
+* The host (trusted, outside the sandbox) makes J's stdin/stdout/stderr pipes and a memfd that
+  holds the program and its files, and hands the four descriptors to the zygote over the control
+  socket (SCM_RIGHTS) with the job's limits. The host itself feeds stdin, reads stdout/stderr
+  (capped) and classifies the result, so the bytes a job reads or writes never pass through the
+  sandbox's own processes.
+* The zygote only moves descriptors: it forks J into a fresh pid namespace, watches J's pidfd
+  against the wall clock (and a kill request from the host at the output cap), reaps J, and
+  answers with J's exit status, CPU time and wall time.
+* J builds its own namespaces (mount + IPC: `unshare` applies to the caller; only a pid namespace
+  has to be made by the parent), reads its program and files from the memfd, writes them into its
+  tmpfs, drops every privilege and runs the program.
+
+So job code, inputs and outputs never enter the zygote's memory and cannot leak into later jobs'
+forked address spaces. When J exits the kernel kills everything left in its pid namespace, and the
+tmpfs dies with its mount namespace, so a job leaves nothing behind.
+
+(An earlier design had a supervisor process per job between the zygote and J that pumped the
+job's pipes itself; the host now does that work, which saves one fork of the interpreter, its
+page copies and its exit per job. See docs/sandboxes.md, "Performance".)
 
 This file is self-contained (stdlib only): the host passes its source to `python -I -S -c`
 because the project directory is deliberately not visible inside the sandbox. The host imports
-it too, for the frame format.
+it too, for the message formats and the result classification.
 """
 from __future__ import annotations
 
 # Deliberately few imports: every module loaded here is copied into each job's forked address
-# space, so a lean zygote forks faster. No json/signal/re here (signal pulls in enum, json re).
+# space, so a lean zygote forks faster. No json/signal/re/socket here (signal and socket pull in
+# enum, json re): `_socket` and `_signal` are the C modules underneath.
 import _signal
+import _socket
 import atexit as _atexit
 import builtins as _builtins
 import ctypes
@@ -41,13 +57,20 @@ import time
 # lists under "sizes". Host -> sandbox headers are marshal (the host's own trusted data, read by
 # the same interpreter build); sandbox -> host headers are JSON, so the host never feeds
 # sandbox-made bytes to anything but a JSON parser.
+#
+# The control socket (AF_UNIX, SOCK_SEQPACKET: one message per send, in order) carries:
+#   host -> zygote  a job: marshal {"limits": {...}} with four descriptors attached (J's stdin
+#                   read end, stdout and stderr write ends, the payload memfd); or KILL.
+#   zygote -> host  a reply frame (JSON header, no blobs): the first says ready, then one per job.
+# The payload memfd holds one frame: marshal {"files": [names], "sizes": [...]} and the blobs
+# program, file contents... (written by the host, read only by J).
 # ---------------------------------------------------------------------------------------------
 MAX_HEADER_BYTES = 1 << 20
-
-# Exit codes of the supervisor, read by the zygote.
-_S_REPLIED = 0
-_S_HOST_GONE = 3
-
+MAX_CONTROL_MESSAGE = 1 << 16
+JOB_FDS = 4  # stdin_r, stdout_w, stderr_w, payload
+# Sent by the host when a job reached its output cap. It can cross paths with the job's own end,
+# so a KILL that arrives while no job runs is ignored.
+KILL = b"k"
 
 def encode_frame(header_bytes: bytes, blobs=()) -> bytes:
     """`header_bytes` must encode a dict whose "sizes" lists len(blob) for each blob."""
@@ -125,27 +148,39 @@ class FrameDecoder:
         return header, blobs
 
 
-def read_job_frame(fd: int):
-    """Blocking read of one host frame; raises EOFError on a closed pipe."""
-    decoder = FrameDecoder(1 << 40, marshal.loads)
-    while True:
-        got = decoder.frame()
-        if got is not None:
-            return got
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:
-            raise EOFError("pipe closed")
-        decoder.feed(chunk)
+def parse_frame(data, decode_header):
+    """Split one whole frame (bytes or memoryview) into (header, blobs as memoryviews)."""
+    data = memoryview(data)
+    head_len = int.from_bytes(data[:4], "big")
+    header = decode_header(data[4:4 + head_len])
+    blobs, pos = [], 4 + head_len
+    for n in header["sizes"]:
+        blobs.append(data[pos:pos + n])
+        pos += n
+    if pos != len(data):
+        raise ValueError("frame sizes do not match its length")
+    return header, blobs
 
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
 
 
+def received_fds(ancdata) -> list:
+    """The descriptors in recvmsg's ancillary data (SCM_RIGHTS)."""
+    fds = []
+    for level, kind, blob in ancdata:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            whole = len(blob) - len(blob) % 4
+            fds += [int.from_bytes(blob[i:i + 4], sys.byteorder, signed=True)
+                    for i in range(0, whole, 4)]
+    return fds
+
+
 # ---------------------------------------------------------------------------------------------
-# Thin libc wrappers (Python 3.11 has no os.unshare / mount).
+# Thin libc wrappers (Python 3.11 has no os.unshare / os.setns / mount).
 # ---------------------------------------------------------------------------------------------
 CLONE_NEWNS = 0x00020000
 CLONE_NEWIPC = 0x08000000
@@ -171,6 +206,7 @@ def _c():
                                 ctypes.c_ulong, ctypes.c_char_p]
         _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
         _libc.unshare.argtypes = [ctypes.c_int]
+        _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
         _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong,
                                 ctypes.c_ulong, ctypes.c_ulong]
     return _libc
@@ -235,9 +271,14 @@ _SIGNAL_NAMES = {getattr(_signal, n): n for n in (
     "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE", "SIGKILL",
     "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGXCPU", "SIGXFSZ",
     "SIGSYS")}
-
-
+# Room for the job's descriptors and a few more: a message carrying extra ones is refused
+# (and they are closed) rather than cut short.
+_ANCILLARY_SPACE = _socket.CMSG_SPACE(4 * (JOB_FDS + 4))
 _JOB_STDIO = None
+
+
+class _HostGone(Exception):
+    """The host closed the control socket: nobody will read a reply."""
 
 
 def _build_job_stdio():
@@ -264,17 +305,55 @@ def _build_job_stdio():
     return streams
 
 
+# Compiled once in the zygote, before gc.freeze(): the first compile() in a process builds the
+# parser's lazily made state, which costs ~2 ms and ~150 copied pages when every job's fork has
+# to do it afresh (measured: a forked child's first compile of `print(1)` 2.3 ms, 0.17 ms after
+# this warm-up in the parent).
+_WARM_UP = b"""
+import sys
+def f(a, *args, b=None, **kwargs):
+    '''doc'''
+    for i in range(3):
+        if i % 2 == 0 and not (a or b):
+            continue
+    try:
+        x = [i * 2 for i in args if i]; y = {k: v for k, v in kwargs.items()}
+    except (ValueError, KeyError) as exc:
+        raise RuntimeError(f"bad {exc!r}") from exc
+    finally:
+        pass
+    return a, x, y, lambda z: z + 1.5 - 2j
+class C(object):
+    n: int = 0
+    @property
+    def p(self):
+        return self.n
+with open(__file__) as g:
+    data = g.read().split()
+assert f(1) is not None, "message"
+print(*data[:1], sep=" ", end="\\n")
+"""
+
+
 def zygote(config: dict) -> None:
     global _JOB_STDIO
     _JOB_STDIO = _build_job_stdio()
-    # Keep the protocol pipes off fds 0-2 so no job can inherit them by accident.
-    proto_in, proto_out = os.dup(0), os.dup(1)
+    # The control socket arrives as fd 0: keep it off fds 0-2 so no job can inherit it by accident.
+    control = _socket.socket(fileno=os.dup(0))
     devnull = os.open("/dev/null", os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(2, 1)
+    os.close(devnull)
+    own_pid_ns = None
     if config["isolate"]:
         _forbid_nested_user_namespaces()
         _restrict_future_capabilities()
+        # Every job's mount namespace starts as a copy of this one. Made private (recursively)
+        # once here, no mount a job makes in its copy can propagate back into this namespace or
+        # into another job's copy, which is what a per-job remount used to ensure.
+        _mount(None, "/", None, MS_REC | MS_PRIVATE)
+        # To hand each job a fresh pid namespace and come back to forking into our own.
+        own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY)
     else:
         # No namespace ties this worker to the host process: die with the thread that spawned us.
         _prctl(PR_SET_PDEATHSIG, SIGKILL)
@@ -285,33 +364,45 @@ def zygote(config: dict) -> None:
     site.setcopyright()
     site.sethelper()
     _c()
+    compile(_WARM_UP, "/tmp/solution.py", "exec")
     # Objects alive now are shared by every job; frozen, the collector never walks (and so
     # never copies) their pages in the forked children.
     gc.freeze()
 
-    write_all(proto_out, reply_frame({"ready": True, "python": sys.version.split()[0]}))
+    control.send(reply_frame({"ready": True, "python": sys.version.split()[0]}))
     while True:
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                code = supervise(proto_in, proto_out, config)
-            except BaseException:  # noqa: BLE001 - report, then die; never return into the loop
-                import traceback
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == _S_REPLIED:
-            continue
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == _S_HOST_GONE:
+        try:
+            job = _next_job(control)
+        except _HostGone:
             os._exit(0)
-        # The supervisor broke mid-job: the pipe may hold half a frame, so report and retire
-        # this worker; the host starts a fresh one.
-        write_all(proto_out, reply_frame({
-            "status": "sandbox_error", "exit_code": None, "wall_s": 0.0,
-            "detail": f"job supervisor failed ({_describe_wait(status)}); worker retired"}))
-        os._exit(2)
+        try:
+            reply = run_job(control, job[0], job[1], config, own_pid_ns)
+        except _HostGone:
+            os._exit(0)
+        except BaseException as exc:  # noqa: BLE001 - report, then retire this worker
+            import traceback
+            traceback.print_exc()
+            control.send(reply_frame({
+                "status": "sandbox_error", "exit_code": None, "wall_s": 0.0,
+                "detail": f"the sandbox failed running a job ({exc!r}); worker retired"}))
+            os._exit(2)
+        control.send(reply_frame(reply))
+
+
+def _next_job(control):
+    """Block until the host sends a job: (its header, its four descriptors)."""
+    while True:
+        data, ancdata, flags, _ = control.recvmsg(MAX_CONTROL_MESSAGE, _ANCILLARY_SPACE)
+        fds = received_fds(ancdata)
+        if not data and not fds:
+            raise _HostGone
+        if data == KILL and not fds:
+            continue  # for a job that had already ended
+        if len(fds) != JOB_FDS or flags & (_socket.MSG_TRUNC | _socket.MSG_CTRUNC):
+            for fd in fds:
+                os.close(fd)
+            raise ValueError(f"malformed job message ({len(fds)} descriptors, flags {flags})")
+        return marshal.loads(data), fds
 
 
 def _forbid_nested_user_namespaces() -> None:
@@ -340,84 +431,120 @@ def _signal_name(signum: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Supervisor: one per job
+# One job, as the zygote sees it: fork, watch, reap. No job data passes through here.
 # ---------------------------------------------------------------------------------------------
 SCRIPT_NAME = "solution.py"
+_job_counter = 0
 
 
-def supervise(proto_in: int, proto_out: int, config: dict) -> int:
-    try:
-        header, blobs = read_job_frame(proto_in)
-    except EOFError:
-        return _S_HOST_GONE
-    reply, out_blobs = run_job(header, blobs, config)
-    write_all(proto_out, reply_frame(reply, out_blobs))
-    return _S_REPLIED
-
-
-def run_job(job: dict, blobs: list, config: dict):
+def run_job(control, job: dict, fds: list, config: dict, own_pid_ns) -> dict:
     limits = job["limits"]
-    code, stdin = blobs[0], blobs[1]
-    # The program is a real file, as with `python solution.py`: tracebacks show its lines.
-    files = [(SCRIPT_NAME, code), *zip(job["files"], blobs[2:])]
-    workdir = _prepare_workspace(limits, files, config)
+    isolate = config["isolate"]
     rlimits = _rlimits_for(limits, config)
-
-    stdin_r, stdin_w = os.pipe()
-    stdout_r, stdout_w = os.pipe()
-    stderr_r, stderr_w = os.pipe()
-    started = time.monotonic()
-    job_pid = os.fork()
-    if job_pid == 0:
+    workdir = "/tmp" if isolate else _make_scratch_dir(config)
+    # J reports on this pipe whether its own set-up succeeded: "R" just before it runs the
+    # program, "E<message>" if it failed first. Nothing the program does can write here.
+    ready_r, ready_w = os.pipe()
+    try:
+        if isolate:
+            # The next fork becomes pid 1 of a fresh pid namespace (the zygote itself stays put).
+            _check(_c().unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
+        started = time.monotonic()
         try:
-            for fd in (stdin_w, stdout_r, stderr_r):
-                os.close(fd)
-            run_untrusted(code, rlimits, workdir, config, (stdin_r, stdout_w, stderr_w))
-        finally:
-            os._exit(70)
-    for fd in (stdin_r, stdout_w, stderr_w):
-        os.close(fd)
-
-    outcome = _pump(job_pid, limits, stdin, stdin_w, stdout_r, stderr_r, started,
-                    isolate=config["isolate"])
-    wall = time.monotonic() - started
-    if not config["isolate"]:
-        _remove_tree(workdir)
-    return _classify(outcome, limits, wall)
-
-
-def _prepare_workspace(limits: dict, files: list, config: dict) -> str:
-    uid = config["job_uid"]
-    if config["isolate"]:
-        # A new mount namespace with its own tmpfs: private to this job, gone when it ends.
-        # The new pid and ipc namespaces apply to the next fork: the job, as its pid 1.
-        _check(_c().unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC), "unshare")
-        _mount(None, "/", None, MS_REC | MS_PRIVATE)
-        owner = f",uid={uid},gid={uid}" if uid is not None else ""
-        _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
-               f"size={limits['tmp_mb']}m,nr_inodes=16384,mode=0700{owner}")
-        _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV,
-               f"size={limits['tmp_mb']}m,nr_inodes=1024,mode=1777")
-        workdir = "/tmp"
-    else:
-        workdir = os.path.join(config["scratch"], f"job-{os.getpid()}")
-        os.mkdir(workdir, 0o700)
-        if uid is not None:
-            os.chown(workdir, uid, uid)
-    for name, data in files:
-        path = os.path.join(workdir, name)
-        parent = os.path.dirname(path)
-        if parent != workdir:
-            os.makedirs(parent, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        try:
-            write_all(fd, data)
-        finally:
+            pid = os.fork()
+        except BaseException:
+            _reset_child_pid_ns(own_pid_ns, isolate)
+            raise
+        if pid == 0:
+            _become_job(fds, ready_w, rlimits, limits, workdir, config)  # never returns
+        _reset_child_pid_ns(own_pid_ns, isolate)
+    finally:
+        for fd in (*fds, ready_w):
             os.close(fd)
-        if uid is not None:
-            while path != workdir:  # the file and every directory created for it
-                os.chown(path, uid, uid)
-                path = os.path.dirname(path)
+    try:
+        reason, ended, status, usage = _watch(control, pid, limits["wall_s"], started, isolate)
+        setup = os.read(ready_r, 4096)  # J and everything it forked are gone: never blocks
+    finally:
+        os.close(ready_r)
+        if not isolate:
+            _remove_tree(workdir)
+    reply = {"wall_s": ended - started, "reason": reason, "cpu_s": usage.ru_utime + usage.ru_stime,
+             "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+             "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None}
+    if setup.startswith(b"E"):
+        # J failed before the program started: the sandbox is broken, not the program.
+        reply.update(status="sandbox_error",
+                     detail="job set-up failed: " + setup[1:].decode("utf-8", "replace"))
+    elif setup != b"R" and reason is None:
+        # J died during its set-up without a word (killed from outside, say).
+        reply.update(status="sandbox_error", detail=f"job set-up died ({_describe_wait(status)})")
+    return reply
+
+
+def _reset_child_pid_ns(own_pid_ns, isolate: bool) -> None:
+    """Point the namespace for our children back at our own: unshare(CLONE_NEWPID) is refused
+    while it points elsewhere, so the next job could not get a fresh one."""
+    if isolate:
+        _check(_c().setns(own_pid_ns, CLONE_NEWPID), "setns(CLONE_NEWPID)")
+
+
+def _watch(control, pid: int, wall_s: float, started: float, isolate: bool):
+    """Wait until J ends, its wall clock runs out, or the host asks for a kill (output cap);
+    kill it unless it ended, and reap it. Returns (reason or None, end time, wait status,
+    rusage)."""
+    pidfd = os.pidfd_open(pid)
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    poller.register(control.fileno(), select.POLLIN)
+    deadline = started + wall_s
+    reason = ended = None
+    try:
+        while ended is None and reason is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                reason = "timeout"
+                break
+            for fd, _ in poller.poll(int(left * 1000) + 1):
+                if fd == pidfd:
+                    ended = time.monotonic()
+                    continue
+                message = control.recv(MAX_CONTROL_MESSAGE)
+                if message == KILL:
+                    reason = "killed"
+                elif not message:
+                    reason = "host_gone"
+                else:
+                    raise ValueError("the host sent a job while one was running")
+    finally:
+        os.close(pidfd)
+        if ended is None:
+            # J is pid 1 of its pid namespace: killing it kills every process in there.
+            _kill(pid, SIGKILL)
+        if not isolate:
+            # Without namespaces J leads a process group (what setsid() escapees are not in).
+            _kill(-pid, SIGKILL)
+        _, status, usage = os.wait4(pid, 0)
+    if reason == "host_gone":
+        raise _HostGone
+    return reason, ended or time.monotonic(), status, usage
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _make_scratch_dir(config: dict) -> str:
+    """rlimit backend only: a fresh directory per job under the worker's scratch directory."""
+    global _job_counter
+    _job_counter += 1
+    workdir = os.path.join(config["scratch"], f"job-{_job_counter}")
+    os.mkdir(workdir, 0o700)
+    uid = config["job_uid"]
+    if uid is not None:
+        os.chown(workdir, uid, uid)
     return workdir
 
 
@@ -426,157 +553,6 @@ def _remove_tree(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _pump(job_pid, limits, stdin, stdin_w, stdout_r, stderr_r, started, isolate):
-    """Feed stdin and collect stdout/stderr while the job runs, without ever blocking on a
-    full pipe; stop at the wall-clock deadline or the output cap."""
-    cap = limits["max_output_bytes"]
-    out = {stdout_r: bytearray(), stderr_r: bytearray()}
-    reason = None
-    exited = None  # (wait status, rusage) once the job's main process is gone
-    pidfd = os.pidfd_open(job_pid)
-    poller = select.poll()
-    for fd in (stdout_r, stderr_r, pidfd):
-        poller.register(fd, select.POLLIN)
-    stdin_view = memoryview(stdin)
-    if stdin_view:
-        os.set_blocking(stdin_w, False)
-        poller.register(stdin_w, select.POLLOUT)
-    else:
-        os.close(stdin_w)
-        stdin_w = None
-    open_fds = {stdout_r, stderr_r}
-    deadline = started + limits["wall_s"]
-    # With a pid namespace, the job's exit takes every process in it along, so the pipes reach
-    # EOF right after. Without one, leftovers may hold them open: stop at the exit.
-    while (open_fds and not (exited and not isolate)) or not exited:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            reason = "timeout"
-            break
-        for fd, event in poller.poll(left * 1000):
-            if fd == pidfd:
-                _, status, usage = os.wait4(job_pid, 0)
-                exited = (status, usage)
-                poller.unregister(pidfd)
-                continue
-            if fd == stdin_w:
-                done = bool(event & (select.POLLERR | select.POLLHUP))
-                if not done:
-                    try:
-                        stdin_view = stdin_view[os.write(stdin_w, stdin_view[:1 << 16]):]
-                    except BlockingIOError:
-                        pass
-                    except BrokenPipeError:  # the program stopped reading: fine
-                        done = True
-                if done or not stdin_view:
-                    poller.unregister(stdin_w)
-                    os.close(stdin_w)
-                    stdin_w = None
-                continue
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                poller.unregister(fd)
-                open_fds.discard(fd)
-                continue
-            buf = out[fd]
-            if len(buf) + len(chunk) > cap:
-                buf += chunk[:cap - len(buf)]
-                reason = "output_limit"
-                break
-            buf += chunk
-        if reason:
-            break
-    os.close(pidfd)
-    if exited is None or not isolate:
-        # The job is pid 1 of its pid namespace: killing it kills every process in there.
-        # Without namespaces it leads a process group (what setsid() escapees are not in).
-        try:
-            if isolate:
-                os.kill(job_pid, SIGKILL)
-            else:
-                os.killpg(job_pid, SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        if exited is None:
-            _, status, usage = os.wait4(job_pid, 0)
-            exited = (status, usage) if reason is None else None
-    if stdin_w is not None:
-        os.close(stdin_w)
-    # Whatever is still buffered in the pipes (bounded, never blocking).
-    for fd in (stdout_r, stderr_r):
-        os.set_blocking(fd, False)
-        buf = out[fd]
-        try:
-            while len(buf) <= cap:
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:
-                    break
-                if len(buf) + len(chunk) > cap:
-                    buf += chunk[:cap - len(buf)]
-                    reason = reason or "output_limit"
-                    break
-                buf += chunk
-        except BlockingIOError:
-            pass
-        os.close(fd)
-    job = None
-    if exited is not None:
-        status, usage = exited
-        job = {"exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-               "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
-               "cpu_s": usage.ru_utime + usage.ru_stime}
-    return {"reason": reason, "job": job, "stdout": bytes(out[stdout_r]),
-            "stderr": bytes(out[stderr_r])}
-
-
-def _classify(outcome: dict, limits: dict, wall: float):
-    reason, job = outcome["reason"], outcome["job"]
-    stdout, stderr = outcome["stdout"], outcome["stderr"]
-    reply = {"wall_s": wall, "exit_code": None, "cpu_s": None, "detail": ""}
-    if job is not None:
-        reply["cpu_s"] = job["cpu_s"]
-    if reason == "timeout":
-        reply.update(status="timeout", detail=f"wall-clock limit of {limits['wall_s']:g} s exceeded")
-    elif reason == "output_limit":
-        reply.update(status="output_limit",
-                     detail=f"stdout or stderr exceeded {limits['max_output_bytes']} bytes")
-    elif job is None:
-        reply.update(status="error", detail="the job ended without an exit status")
-    elif job["signal"] is not None:
-        sig = job["signal"]
-        reply["exit_code"] = -sig
-        # The CPU limit ends the job with SIGKILL (soft == hard: pid 1 would ignore SIGXCPU).
-        # The supervisor sent no signal (that ends as timeout/output_limit above) and nothing
-        # inside the job can SIGKILL its pid 1, so a SIGKILL after real CPU use is the limit.
-        # (Usage is compared loosely: on a loaded VM rusage lags the kernel's timer by ~20%.)
-        if sig == SIGXCPU or (sig == SIGKILL and job["cpu_s"] >= 0.5 * limits["cpu_s"]):
-            reply.update(status="timeout", detail=f"CPU-time limit of {limits['cpu_s']} s exceeded")
-        elif sig == SIGXFSZ:
-            reply.update(status="error",
-                         detail=f"file-size limit of {limits['max_file_mb']} MB exceeded")
-        else:
-            reply.update(status="error", detail=f"killed by {_signal_name(sig)}")
-    else:
-        code = job["exit_code"]
-        reply["exit_code"] = code
-        if code == 0:
-            reply["status"] = "ok"
-        elif _ends_with_memory_error(stderr):
-            reply.update(status="memory",
-                         detail=f"MemoryError under the {limits['memory_mb']} MB address-space limit")
-        else:
-            reply.update(status="error", detail=f"exit status {code}")
-    return reply, [stdout, stderr]
-
-
-def _ends_with_memory_error(stderr: bytes) -> bool:
-    lines = stderr.rstrip().splitlines()
-    return bool(lines) and lines[-1].startswith(b"MemoryError")
-
-
-# ---------------------------------------------------------------------------------------------
-# The job (J)
-# ---------------------------------------------------------------------------------------------
 def _rlimits_for(limits: dict, config: dict) -> list:
     mb = 1024 * 1024
     rlimits = [
@@ -588,46 +564,141 @@ def _rlimits_for(limits: dict, config: dict) -> list:
     ]
     if config["nproc_slack"] is not None:
         # RLIMIT_NPROC counts every task of this (user namespace, uid); when the job shares
-        # its uid with the zygote and supervisor, those count too (the slack).
+        # its uid with the worker's own processes, those count too (the slack).
         nproc = limits["max_processes"] + config["nproc_slack"]
         rlimits.append((resource.RLIMIT_NPROC, (nproc, nproc)))
     rlimits.append((resource.RLIMIT_AS, (limits["memory_mb"] * mb,) * 2))  # last: setup allocates
     return rlimits
 
 
+# ---------------------------------------------------------------------------------------------
+# The job (J)
+# ---------------------------------------------------------------------------------------------
 _PROC_MOUNT = (b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
 
 
-def run_untrusted(code, rlimits, workdir, config, stdio) -> None:
-    """In the fork that becomes the job: pid 1 of a fresh pid namespace (bwrap backend), so
-    when it exits the kernel kills whatever it left running. Everything here runs once per
-    job in a fresh copy-on-write fork, where each first touch of a page costs a fault: the
-    supervisor prepares the inputs, so this path stays short."""
-    os.setsid()  # own session and process group: its kill(0, ...) reaches only itself
-    if config["isolate"]:
-        # A /proc that shows only this job's processes (needs our capabilities: do it first).
-        _check(_libc.mount(*_PROC_MOUNT), "mount proc")
-    else:
-        _prctl(PR_SET_PDEATHSIG, SIGKILL)  # no pid namespace to take us down with S
-    os.dup2(stdio[0], 0)
-    os.dup2(stdio[1], 1)
-    os.dup2(stdio[2], 2)
-    os.closerange(3, 1 << 16)
-    os.chdir(workdir)
-    _prctl(PR_SET_NO_NEW_PRIVS, 1)
-    uid = config["job_uid"]
-    if uid is not None:
-        _switch_uid(uid)  # leaving uid 0 clears the permitted and effective capability sets
-    elif config["isolate"]:
-        _clear_capability_sets()
-    for which, value in rlimits:
-        resource.setrlimit(which, value)
-    if not config["isolate"]:  # (bwrap already gave the zygote exactly this environment)
-        os.environ.clear()
-        os.environ.update(config["env"], HOME=workdir, TMPDIR=workdir)
+def _become_job(fds, ready_w, rlimits, limits, workdir, config) -> None:
+    """In the fork that becomes the job; never returns. With the bwrap backend J is pid 1 of a
+    fresh pid namespace, so when it exits the kernel kills whatever it left running.
+    Everything here runs once per job in a fresh copy-on-write fork, where each first touch of
+    a page costs a fault, so this path stays short."""
+    stdin_r, stdout_w, stderr_w, payload = fds
+    try:
+        isolate = config["isolate"]
+        if isolate:
+            # Its own mount and IPC namespaces (copies of the zygote's, made private there), a
+            # private tmpfs as /tmp and /dev/shm, and a /proc that shows only its own processes.
+            # All need the capabilities it still holds: do them first.
+            _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare")
+            uid = config["job_uid"]
+            owner = f",uid={uid},gid={uid}" if uid is not None else ""
+            size = f"size={limits['tmp_mb']}m"
+            _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
+                   f"{size},nr_inodes=16384,mode=0700{owner}")
+            _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV,
+                   f"{size},nr_inodes=1024,mode=1777")
+            _check(_libc.mount(*_PROC_MOUNT), "mount proc")
+        else:
+            _prctl(PR_SET_PDEATHSIG, SIGKILL)  # no pid namespace to take us down with the zygote
+        os.setsid()  # own session and process group: its kill(0, ...) reaches only itself
+        header, blobs = parse_frame(os.pread(payload, os.fstat(payload).st_size, 0), marshal.loads)
+        code = bytes(blobs[0])
+        os.dup2(stdin_r, 0)
+        os.dup2(stdout_w, 1)
+        os.dup2(stderr_w, 2)
+        # Only fds 0-2 and the set-up report stay open: not the control socket, the payload, or
+        # the zygote's namespace handle.
+        os.closerange(3, ready_w)
+        os.closerange(ready_w + 1, 1 << 16)
+        os.chdir(workdir)
+        _prctl(PR_SET_NO_NEW_PRIVS, 1)
+        uid = config["job_uid"]
+        if uid is not None:
+            _switch_uid(uid)  # leaving uid 0 clears the permitted and effective capability sets
+        elif isolate:
+            _clear_capability_sets()
+        # Written unprivileged, as the job's own uid, into its own tmpfs (or scratch directory).
+        _write_files(workdir, [(SCRIPT_NAME, code), *zip(header["files"], blobs[1:])])
+        for which, value in rlimits:
+            resource.setrlimit(which, value)
+        if not isolate:  # (bwrap already gave the zygote exactly this environment)
+            os.environ.clear()
+            os.environ.update(config["env"], HOME=workdir, TMPDIR=workdir)
+        os.write(ready_w, b"R")
+        os.close(ready_w)
+    except BaseException as exc:  # noqa: BLE001 - report to the zygote, never run the program
+        try:
+            os.write(ready_w, b"E" + f"{type(exc).__name__}: {exc}"[:2000].encode("utf-8", "replace"))
+        finally:
+            os._exit(71)
     os._exit(_exec_as_main(code, workdir + "/" + SCRIPT_NAME, workdir))
 
 
+def _write_files(workdir: str, files) -> None:
+    for name, data in files:
+        path = workdir + "/" + name
+        parent = os.path.dirname(path)
+        if parent != workdir:
+            os.makedirs(parent, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            write_all(fd, data)
+        finally:
+            os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# The verdict (computed on the host, from the zygote's reply and the output the host read)
+# ---------------------------------------------------------------------------------------------
+def classify(reply: dict, stdout: bytes, stderr: bytes, limits: dict, output_limited: bool) -> dict:
+    """status, exit_code, detail, wall_s and cpu_s of one job. `reply` is the zygote's (exit
+    status, signal, CPU and wall time, and `reason`: "timeout" when it killed the job at the
+    wall clock, "killed" when the host asked it to)."""
+    reason = "output_limit" if output_limited else reply.get("reason")
+    result = {"wall_s": reply["wall_s"], "exit_code": None, "cpu_s": None, "detail": ""}
+    if reason == "timeout":
+        result.update(status="timeout", detail=f"wall-clock limit of {limits['wall_s']:g} s exceeded")
+        return result
+    if reason is not None:
+        result.update(status="output_limit",
+                      detail=f"stdout or stderr exceeded {limits['max_output_bytes']} bytes")
+        return result
+    result["cpu_s"] = reply["cpu_s"]
+    sig = reply["signal"]
+    if sig is not None:
+        result["exit_code"] = -sig
+        # The CPU limit ends the job with SIGKILL (soft == hard: pid 1 would ignore SIGXCPU).
+        # The zygote sent no signal (that ends as timeout/output_limit above) and nothing
+        # inside the job can SIGKILL its pid 1, so a SIGKILL after real CPU use is the limit.
+        # (Usage is compared loosely: on a loaded VM rusage lags the kernel's timer by ~20%.)
+        if sig == SIGXCPU or (sig == SIGKILL and reply["cpu_s"] >= 0.5 * limits["cpu_s"]):
+            result.update(status="timeout", detail=f"CPU-time limit of {limits['cpu_s']} s exceeded")
+        elif sig == SIGXFSZ:
+            result.update(status="error",
+                          detail=f"file-size limit of {limits['max_file_mb']} MB exceeded")
+        else:
+            result.update(status="error", detail=f"killed by {_signal_name(sig)}")
+        return result
+    code = reply["exit_code"]
+    result["exit_code"] = code
+    if code == 0:
+        result["status"] = "ok"
+    elif _ends_with_memory_error(stderr):
+        result.update(status="memory",
+                      detail=f"MemoryError under the {limits['memory_mb']} MB address-space limit")
+    else:
+        result.update(status="error", detail=f"exit status {code}")
+    return result
+
+
+def _ends_with_memory_error(stderr: bytes) -> bool:
+    lines = stderr.rstrip().splitlines()
+    return bool(lines) and lines[-1].startswith(b"MemoryError")
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the program (in J)
+# ---------------------------------------------------------------------------------------------
 def _switch_uid(uid: int) -> None:
     os.setgroups([])
     os.setresgid(uid, uid, uid)

@@ -14,15 +14,17 @@ import select
 import shutil
 import signal
 import site
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
 from sandboxes import _worker
-from sandboxes.limits import STATUSES, Limits, SandboxResult
+from sandboxes.limits import Limits, SandboxResult
 
 log = logging.getLogger("sandboxes")
 
@@ -188,6 +190,15 @@ def advice_for(stderr_text: str) -> str:
     return f"{message}. {USERNS_ADVICE}" if needs_userns else message
 
 
+def _append_capped(buf: bytearray, chunk: bytes, cap: int) -> bool:
+    """Append up to `cap` bytes in all; True when `chunk` did not fit (the cap is reached)."""
+    if len(buf) + len(chunk) > cap:
+        buf += chunk[:cap - len(buf)]
+        return True
+    buf += chunk
+    return False
+
+
 class WorkerProcess:
     """One running worker. `run` hands it a job; `close` kills it."""
 
@@ -196,13 +207,14 @@ class WorkerProcess:
         self._scratch = None
         self._stderr = tempfile.TemporaryFile()
         self._proc = None
+        self._control: socket.socket | None = None  # our end of the worker's control socket
         started = time.monotonic()
         try:
             if backend == "bwrap":
                 self._start_bwrap(layout or interpreter_layout())
             else:
                 self._start_rlimit(layout or interpreter_layout())
-            header, _ = self._read_frame(started + START_TIMEOUT_S, max_body=0)
+            header = self._recv_reply(started + START_TIMEOUT_S)
         except WorkerBroken as exc:
             self.close()
             raise SandboxUnavailable(advice_for(self._stderr_text() or str(exc))) from None
@@ -218,8 +230,10 @@ class WorkerProcess:
     def _start_bwrap(self, layout: InterpreterLayout) -> None:
         bwrap = find_bwrap()
         root = os.geteuid() == 0
+        # As a non-root user jobs share the sandbox's uid 0 with bwrap's pid 1 and the zygote,
+        # which RLIMIT_NPROC counts too (the slack).
         config = {"isolate": True, "job_uid": JOB_ID_IN_NAMESPACE if root else None,
-                  "nproc_slack": 0 if root else 3, "env": _sandbox_env(layout),
+                  "nproc_slack": 0 if root else 2, "env": _sandbox_env(layout),
                   "scratch": None, "host_pid": os.getpid()}
         if not root:
             self._proc = self._popen(bwrap_argv(bwrap, layout, config), pass_fds=())
@@ -289,69 +303,156 @@ class WorkerProcess:
                                  pass_fds=(), env=env, cwd=self._scratch)
 
     def _popen(self, argv, pass_fds, env=None, cwd="/"):
+        # One control socket, the worker's fd 0: jobs and replies, one message each, in order;
+        # SCM_RIGHTS carries each job's pipes and payload to the zygote.
+        self._control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             return subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                argv, stdin=theirs.fileno(), stdout=self._stderr, stderr=self._stderr,
                 pass_fds=pass_fds, close_fds=True, env=env if env is not None else {},
                 cwd=cwd, start_new_session=True, bufsize=0)
         except OSError as exc:
             raise SandboxUnavailable(f"could not start {argv[0]}: {exc}") from None
+        finally:
+            theirs.close()
 
     # -- talking --------------------------------------------------------------------------
     def run(self, code: str, stdin: bytes, limits: Limits, files: list[tuple[str, bytes]]
             ) -> SandboxResult:
-        blobs = [code.encode("utf-8", "surrogatepass"), stdin, *(data for _, data in files)]
-        header = {"limits": limits.to_wire(), "files": [name for name, _ in files],
-                  "sizes": [len(b) for b in blobs]}
+        """One job. We make its stdin/stdout/stderr pipes and a memfd with the program and its
+        files, and pass the job's ends to the zygote; from then on we feed stdin and read the
+        output ourselves (capped), so none of it passes through the sandbox's own processes,
+        while the zygote runs the job and reports how it ended."""
+        wire = limits.to_wire()
         deadline = time.monotonic() + limits.wall_s + ANSWER_GRACE_S
+        blobs = [code.encode("utf-8", "surrogatepass"), *(data for _, data in files)]
+        payload = _worker.encode_frame(marshal.dumps(
+            {"files": [name for name, _ in files], "sizes": [len(b) for b in blobs]}), blobs)
+        job_ends, host_ends = [], []
         try:
-            self._send(_worker.encode_frame(marshal.dumps(header), blobs), deadline)
-        except (BrokenPipeError, OSError) as exc:
-            raise WorkerBroken(f"worker is gone ({exc})", gone=True) from None
-        reply, parts = self._read_frame(deadline, 2 * limits.max_output_bytes, blobs=2)
-        status = reply.get("status")
-        if status == "sandbox_error":
+            try:
+                for _ in range(3):  # stdin, stdout, stderr
+                    read_end, write_end = os.pipe()
+                    job_ends.append(write_end if job_ends else read_end)
+                    host_ends.append(read_end if host_ends else write_end)
+                memfd = os.memfd_create("sandbox-job", os.MFD_CLOEXEC)
+                job_ends.append(memfd)
+                _worker.write_all(memfd, payload)
+                try:
+                    self._control.sendmsg([marshal.dumps({"limits": wire})], [
+                        (socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", job_ends))])
+                except OSError as exc:
+                    raise WorkerBroken(f"worker is gone ({exc})", gone=True) from None
+            finally:
+                for fd in job_ends:  # the zygote has its own copies now
+                    os.close(fd)
+            reply, stdout, stderr, limited = self._pump(stdin, host_ends, limits, deadline)
+        finally:
+            for fd in host_ends:
+                if fd >= 0:
+                    os.close(fd)
+        if reply.get("status") == "sandbox_error":
             detail = reply.get("detail", "worker reported a sandbox error")
             raise WorkerBroken(f"{detail}: {self._stderr_text()[-1500:]}")
-        if status not in STATUSES:
-            raise WorkerBroken(f"worker answered with unknown status {status!r}")
-        stdout, stderr = parts
-        return SandboxResult(
-            status=status, exit_code=reply.get("exit_code"),
-            stdout=stdout.decode("utf-8", "replace"), stderr=stderr.decode("utf-8", "replace"),
-            wall_s=float(reply.get("wall_s", 0.0)), detail=reply.get("detail", ""),
-            cpu_s=reply.get("cpu_s"))
+        try:
+            verdict = _worker.classify(reply, stdout, stderr, wire, limited)
+            return SandboxResult(
+                status=verdict["status"], exit_code=verdict["exit_code"],
+                stdout=stdout.decode("utf-8", "replace"), stderr=stderr.decode("utf-8", "replace"),
+                wall_s=float(verdict["wall_s"]), detail=verdict["detail"], cpu_s=verdict["cpu_s"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WorkerBroken(f"malformed answer from worker: {reply!r} ({exc!r})") from None
 
-    def _send(self, data: bytes, deadline: float) -> None:
-        fd = self._proc.stdin.fileno()
-        view = memoryview(data)
-        while view:
+    def _pump(self, stdin: bytes, host_ends: list[int], limits: Limits, deadline: float):
+        """Feed stdin and collect stdout/stderr while the job runs, without ever blocking on a
+        full pipe, until the zygote's reply. At the output cap, ask the zygote to kill the job.
+        `host_ends` is [stdin_w, stdout_r, stderr_r]; a slot set to -1 is closed here."""
+        stdin_w, out_r, err_r = host_ends
+        cap = limits.max_output_bytes
+        out = {out_r: bytearray(), err_r: bytearray()}
+        control = self._control.fileno()
+        poller = select.poll()
+        for fd in (out_r, err_r, control):
+            poller.register(fd, select.POLLIN)
+        stdin_view = memoryview(stdin)
+        if stdin_view:
+            os.set_blocking(stdin_w, False)
+            poller.register(stdin_w, select.POLLOUT)
+        else:
+            os.close(stdin_w)
+            host_ends[0] = -1
+        reply, limited = None, False
+        while reply is None:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([], [fd], [], left)[1]:
-                raise WorkerBroken("worker stopped reading its input")
-            view = view[os.write(fd, view[:1 << 16]):]
-
-    def _read_frame(self, deadline: float, max_body: int, blobs: int | None = None):
-        fd = self._proc.stdout.fileno()
-        decoder = _worker.FrameDecoder(max_body + 4096, json.loads)
-        while True:
-            try:
-                frame = decoder.frame()
-            except ValueError as exc:
-                raise WorkerBroken(f"malformed answer from worker: {exc}") from None
-            if frame is not None:
-                header, parts = frame
-                if blobs is not None and header.get("status") != "sandbox_error" and len(parts) != blobs:
-                    raise WorkerBroken(f"worker answered with {len(parts)} blobs, expected {blobs}")
-                return header, parts
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
+            if left <= 0:
                 raise WorkerBroken("worker did not answer in time")
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                raise WorkerBroken(f"worker exited ({self._exit_description()})",
-                                   gone=decoder.empty())
-            decoder.feed(chunk)
+            for fd, event in poller.poll(left * 1000):
+                if fd == control:
+                    reply = self._recv_reply(deadline)
+                elif fd == host_ends[0]:
+                    done = bool(event & (select.POLLERR | select.POLLHUP))
+                    if not done:
+                        try:
+                            stdin_view = stdin_view[os.write(fd, stdin_view[:1 << 16]):]
+                        except BlockingIOError:
+                            pass
+                        except BrokenPipeError:  # the program stopped reading: fine
+                            done = True
+                    if done or not stdin_view:
+                        poller.unregister(fd)
+                        os.close(fd)
+                        host_ends[0] = -1
+                elif fd in out and not limited:
+                    chunk = os.read(fd, 1 << 16)
+                    if not chunk:
+                        poller.unregister(fd)
+                    elif _append_capped(out[fd], chunk, cap):
+                        # Stop reading (the job may block on a full pipe now) and have it killed.
+                        limited = True
+                        for other in (out_r, err_r):
+                            try:
+                                poller.unregister(other)
+                            except KeyError:
+                                pass
+                        self._send_kill()
+        if not limited:
+            # The job has ended, and with it (bwrap: its whole pid namespace) every process that
+            # could write: what it wrote is in the pipes. Without namespaces a setsid() escapee
+            # may still hold them, so never wait for end of file, take what is there.
+            for fd in (out_r, err_r):
+                os.set_blocking(fd, False)
+                try:
+                    while not limited:
+                        chunk = os.read(fd, 1 << 16)
+                        if not chunk:
+                            break
+                        limited = _append_capped(out[fd], chunk, cap)
+                except BlockingIOError:
+                    pass
+        return reply, bytes(out[out_r]), bytes(out[err_r]), limited
+
+    def _send_kill(self) -> None:
+        try:
+            self._control.send(_worker.KILL)
+        except OSError:
+            pass  # the worker is gone: its reply (or its absence) says so
+
+    def _recv_reply(self, deadline: float) -> dict:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([self._control], [], [], left)[0]:
+            raise WorkerBroken("worker did not answer in time")
+        data = self._control.recv(_worker.MAX_CONTROL_MESSAGE)
+        if not data:
+            raise WorkerBroken(f"worker exited ({self._exit_description()})", gone=True)
+        decoder = _worker.FrameDecoder(0, json.loads)
+        decoder.feed(data)
+        try:
+            frame = decoder.frame()
+        except ValueError as exc:
+            raise WorkerBroken(f"malformed answer from worker: {exc}") from None
+        if frame is None or not decoder.empty() or not isinstance(frame[0], dict):
+            raise WorkerBroken(f"malformed answer from worker: {data[:200]!r}")
+        return frame[0]
 
     # -- ending ---------------------------------------------------------------------------
     @property
@@ -370,8 +471,9 @@ class WorkerProcess:
                 except (ProcessLookupError, PermissionError):
                     proc.kill()
             proc.wait()
-            for stream in (proc.stdin, proc.stdout):
-                stream.close()
+        if self._control is not None:
+            self._control.close()
+            self._control = None
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None

@@ -10,9 +10,9 @@ import pytest
 from sandboxes import SandboxPool, SandboxUnavailable
 from sandboxes.worker import WorkerProcess
 
-# Processes in an idle bwrap worker: bwrap's monitor, bwrap's pid 1, the zygote, and the
-# supervisor it has already forked for the next job.
-IDLE_PROCESSES_PER_WORKER = 4
+# Processes in an idle bwrap worker: bwrap's monitor, bwrap's pid 1 and the zygote (a job's
+# process is forked only when the job arrives).
+IDLE_PROCESSES_PER_WORKER = 3
 
 
 @pytest.fixture(scope="session")

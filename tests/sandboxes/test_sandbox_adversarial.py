@@ -109,7 +109,7 @@ print("still here")
     result = run(pool, code)
     assert result.status == "ok", result
     lines = result.stdout.splitlines()
-    assert lines[0] == "0 ['1']"  # the supervisor is invisible: only the job itself is in /proc
+    assert lines[0] == "0 ['1']"  # the zygote is invisible: only the job itself is in /proc
     assert lines[-1] == "still here"
     assert_pool_healthy(pool, started)
 

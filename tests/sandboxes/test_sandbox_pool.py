@@ -84,7 +84,7 @@ def test_an_unresponsive_worker_is_replaced(bwrap_works, monkeypatch, sandbox_pr
     with SandboxPool(workers=1) as solo:
         assert solo.run("print(1)").ok
         frozen = set()
-        for _ in range(3):  # again: the zygote may just have forked the next supervisor
+        for _ in range(3):  # again: a job's process may just have been forked
             for pid in sandbox_processes(solo) - frozen:
                 os.kill(pid, signal.SIGSTOP)
                 frozen.add(pid)

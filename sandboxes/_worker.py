@@ -62,8 +62,8 @@ import time
 #   host -> zygote  a job: marshal {"limits": {...}} with four descriptors attached (J's stdin
 #                   read end, stdout and stderr write ends, the payload memfd); or KILL.
 #   zygote -> host  a reply frame (JSON header, no blobs): the first says ready, then one per job.
-# The payload memfd holds one frame: marshal {"files": [names], "sizes": [...]} and the blobs
-# program, file contents... (written by the host, read only by J).
+# The payload memfd holds marshal (program bytes, (file names...), (file contents...)), written
+# by the host and read only by J.
 # ---------------------------------------------------------------------------------------------
 MAX_HEADER_BYTES = 1 << 20
 MAX_CONTROL_MESSAGE = 1 << 16
@@ -86,6 +86,8 @@ def to_json(value) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
+        if value.isprintable() and '"' not in value and "\\" not in value:
+            return '"' + value + '"'  # nothing to escape (the common case: keys)
         out = ['"']
         for ch in value:
             if ch in '"\\':
@@ -148,20 +150,6 @@ class FrameDecoder:
         return header, blobs
 
 
-def parse_frame(data, decode_header):
-    """Split one whole frame (bytes or memoryview) into (header, blobs as memoryviews)."""
-    data = memoryview(data)
-    head_len = int.from_bytes(data[:4], "big")
-    header = decode_header(data[4:4 + head_len])
-    blobs, pos = [], 4 + head_len
-    for n in header["sizes"]:
-        blobs.append(data[pos:pos + n])
-        pos += n
-    if pos != len(data):
-        raise ValueError("frame sizes do not match its length")
-    return header, blobs
-
-
 def write_all(fd: int, data) -> None:
     view = memoryview(data)
     while view:
@@ -199,16 +187,15 @@ _libc = None
 
 
 def _c():
+    """libc, called without `argtypes`: every argument here is bytes, None or a non-negative
+    int below 2**31, which ctypes passes as char* / NULL / int, and libffi sign-extends ints to
+    the full register, so `unsigned long` parameters get the right value. (Declared argtypes
+    would cost each job's fork ~20 more copied pages: the converters run per call.)"""
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
-                                ctypes.c_ulong, ctypes.c_char_p]
-        _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-        _libc.unshare.argtypes = [ctypes.c_int]
-        _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
-        _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong,
-                                ctypes.c_ulong, ctypes.c_ulong]
+        for name in ("mount", "umount2", "unshare", "setns", "prctl", "capget", "capset"):
+            getattr(_libc, name)  # looked up once, before the forks
     return _libc
 
 
@@ -274,7 +261,6 @@ _SIGNAL_NAMES = {getattr(_signal, n): n for n in (
 # Room for the job's descriptors and a few more: a message carrying extra ones is refused
 # (and they are closed) rather than cut short.
 _ANCILLARY_SPACE = _socket.CMSG_SPACE(4 * (JOB_FDS + 4))
-_JOB_STDIO = None
 
 
 class _HostGone(Exception):
@@ -336,8 +322,7 @@ print(*data[:1], sep=" ", end="\\n")
 
 
 def zygote(config: dict) -> None:
-    global _JOB_STDIO
-    _JOB_STDIO = _build_job_stdio()
+    job_stdio = _build_job_stdio()
     # The control socket arrives as fd 0: keep it off fds 0-2 so no job can inherit it by accident.
     control = _socket.socket(fileno=os.dup(0))
     devnull = os.open("/dev/null", os.O_RDWR)
@@ -364,6 +349,12 @@ def zygote(config: dict) -> None:
     site.setcopyright()
     site.sethelper()
     _c()
+    # The same for every job, so set once here rather than in each job's fork (where every
+    # write copies a page): no_new_privs (inherited and never lifted; the zygote itself never
+    # execs), and the job's stdio objects (the zygote writes only tracebacks, to stderr: fd 2).
+    _check(_prctl(PR_SET_NO_NEW_PRIVS, 1), "prctl(PR_SET_NO_NEW_PRIVS)")
+    sys.stdin, sys.stdout, sys.stderr = job_stdio
+    sys.__stdin__, sys.__stdout__, sys.__stderr__ = job_stdio
     compile(_WARM_UP, "/tmp/solution.py", "exec")
     # Objects alive now are shared by every job; frozen, the collector never walks (and so
     # never copies) their pages in the forked children.
@@ -382,11 +373,9 @@ def zygote(config: dict) -> None:
         except BaseException as exc:  # noqa: BLE001 - report, then retire this worker
             import traceback
             traceback.print_exc()
-            control.send(reply_frame({
-                "status": "sandbox_error", "exit_code": None, "wall_s": 0.0,
-                "detail": f"the sandbox failed running a job ({exc!r}); worker retired"}))
+            control.send(_error_reply(f"the sandbox failed running a job ({exc!r}); worker retired"))
             os._exit(2)
-        control.send(reply_frame(reply))
+        control.send(reply)
 
 
 def _next_job(control):
@@ -437,10 +426,12 @@ SCRIPT_NAME = "solution.py"
 _job_counter = 0
 
 
-def run_job(control, job: dict, fds: list, config: dict, own_pid_ns) -> dict:
+def run_job(control, job: dict, fds: list, config: dict, own_pid_ns) -> bytes:
+    """Run one job; returns the reply frame for the host."""
     limits = job["limits"]
     isolate = config["isolate"]
     rlimits = _rlimits_for(limits, config)
+    mounts = _job_mounts(limits, config) if isolate else None
     workdir = "/tmp" if isolate else _make_scratch_dir(config)
     # J reports on this pipe whether its own set-up succeeded: "R" just before it runs the
     # program, "E<message>" if it failed first. Nothing the program does can write here.
@@ -456,7 +447,7 @@ def run_job(control, job: dict, fds: list, config: dict, own_pid_ns) -> dict:
             _reset_child_pid_ns(own_pid_ns, isolate)
             raise
         if pid == 0:
-            _become_job(fds, ready_w, rlimits, limits, workdir, config)  # never returns
+            _become_job(fds, ready_w, rlimits, mounts, workdir, config)  # never returns
         _reset_child_pid_ns(own_pid_ns, isolate)
     finally:
         for fd in (*fds, ready_w):
@@ -468,17 +459,28 @@ def run_job(control, job: dict, fds: list, config: dict, own_pid_ns) -> dict:
         os.close(ready_r)
         if not isolate:
             _remove_tree(workdir)
-    reply = {"wall_s": ended - started, "reason": reason, "cpu_s": usage.ru_utime + usage.ru_stime,
-             "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-             "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None}
     if setup.startswith(b"E"):
         # J failed before the program started: the sandbox is broken, not the program.
-        reply.update(status="sandbox_error",
-                     detail="job set-up failed: " + setup[1:].decode("utf-8", "replace"))
-    elif setup != b"R" and reason is None:
+        return _error_reply("job set-up failed: " + setup[1:].decode("utf-8", "replace"))
+    if setup != b"R" and reason is None:
         # J died during its set-up without a word (killed from outside, say).
-        reply.update(status="sandbox_error", detail=f"job set-up died ({_describe_wait(status)})")
-    return reply
+        return _error_reply(f"job set-up died ({_describe_wait(status)})")
+    # Formatted directly, times in whole microseconds: this runs in the zygote once per job,
+    # and the general encoder (to_json, float repr) touched ~40 pages, each one a page fault.
+    return encode_frame((_JOB_REPLY % (
+        (ended - started) * 1e6, (usage.ru_utime + usage.ru_stime) * 1e6,
+        "%d" % os.WEXITSTATUS(status) if os.WIFEXITED(status) else "null",
+        "%d" % os.WTERMSIG(status) if os.WIFSIGNALED(status) else "null",
+        '"%s"' % reason if reason else "null")).encode())
+
+
+# How J ended, as the zygote sees it; read by `classify` on the host.
+_JOB_REPLY = '{"wall_us":%d,"cpu_us":%d,"exit_code":%s,"signal":%s,"reason":%s,"sizes":[]}'
+
+
+def _error_reply(detail: str) -> bytes:
+    return reply_frame({"status": "sandbox_error", "exit_code": None, "wall_s": 0.0,
+                        "detail": detail})
 
 
 def _reset_child_pid_ns(own_pid_ns, isolate: bool) -> None:
@@ -574,35 +576,38 @@ def _rlimits_for(limits: dict, config: dict) -> list:
 # ---------------------------------------------------------------------------------------------
 # The job (J)
 # ---------------------------------------------------------------------------------------------
-_PROC_MOUNT = (b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+def _job_mounts(limits: dict, config: dict) -> list:
+    """mount(2) arguments for J's private /tmp and /dev/shm, and its own /proc."""
+    uid = config["job_uid"]
+    owner = f",uid={uid},gid={uid}" if uid is not None else ""
+    size = f"size={limits['tmp_mb']}m"
+    return [(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV,
+             f"{size},nr_inodes=16384,mode=0700{owner}".encode()),
+            (b"tmpfs", b"/dev/shm", b"tmpfs", MS_NOSUID | MS_NODEV,
+             f"{size},nr_inodes=1024,mode=1777".encode()),
+            (b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)]
 
 
-def _become_job(fds, ready_w, rlimits, limits, workdir, config) -> None:
+def _become_job(fds, ready_w, rlimits, mounts, workdir, config) -> None:
     """In the fork that becomes the job; never returns. With the bwrap backend J is pid 1 of a
     fresh pid namespace, so when it exits the kernel kills whatever it left running.
     Everything here runs once per job in a fresh copy-on-write fork, where each first touch of
-    a page costs a fault, so this path stays short."""
+    a page costs a fault (~5 us here), so this path stays short: what is the same for every job
+    (no_new_privs, the stdio objects) was set in the zygote before it forked."""
     stdin_r, stdout_w, stderr_w, payload = fds
     try:
-        isolate = config["isolate"]
-        if isolate:
+        if mounts is not None:
             # Its own mount and IPC namespaces (copies of the zygote's, made private there), a
             # private tmpfs as /tmp and /dev/shm, and a /proc that shows only its own processes.
             # All need the capabilities it still holds: do them first.
             _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare")
-            uid = config["job_uid"]
-            owner = f",uid={uid},gid={uid}" if uid is not None else ""
-            size = f"size={limits['tmp_mb']}m"
-            _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
-                   f"{size},nr_inodes=16384,mode=0700{owner}")
-            _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV,
-                   f"{size},nr_inodes=1024,mode=1777")
-            _check(_libc.mount(*_PROC_MOUNT), "mount proc")
+            for source, target, fstype, flags, data in mounts:
+                _check(_libc.mount(source, target, fstype, flags, data), f"mount {target}")
         else:
             _prctl(PR_SET_PDEATHSIG, SIGKILL)  # no pid namespace to take us down with the zygote
         os.setsid()  # own session and process group: its kill(0, ...) reaches only itself
-        header, blobs = parse_frame(os.pread(payload, os.fstat(payload).st_size, 0), marshal.loads)
-        code = bytes(blobs[0])
+        code, names, contents = marshal.loads(
+            os.pread(payload, os.lseek(payload, 0, os.SEEK_END), 0))
         os.dup2(stdin_r, 0)
         os.dup2(stdout_w, 1)
         os.dup2(stderr_w, 2)
@@ -611,17 +616,18 @@ def _become_job(fds, ready_w, rlimits, limits, workdir, config) -> None:
         os.closerange(3, ready_w)
         os.closerange(ready_w + 1, 1 << 16)
         os.chdir(workdir)
-        _prctl(PR_SET_NO_NEW_PRIVS, 1)
         uid = config["job_uid"]
         if uid is not None:
             _switch_uid(uid)  # leaving uid 0 clears the permitted and effective capability sets
-        elif isolate:
+        elif config["isolate"]:
             _clear_capability_sets()
         # Written unprivileged, as the job's own uid, into its own tmpfs (or scratch directory).
-        _write_files(workdir, [(SCRIPT_NAME, code), *zip(header["files"], blobs[1:])])
+        _write_file(SCRIPT_NAME, code)
+        for name, data in zip(names, contents):
+            _write_file(name, data)
         for which, value in rlimits:
             resource.setrlimit(which, value)
-        if not isolate:  # (bwrap already gave the zygote exactly this environment)
+        if not config["isolate"]:  # (bwrap already gave the zygote exactly this environment)
             os.environ.clear()
             os.environ.update(config["env"], HOME=workdir, TMPDIR=workdir)
         os.write(ready_w, b"R")
@@ -634,17 +640,15 @@ def _become_job(fds, ready_w, rlimits, limits, workdir, config) -> None:
     os._exit(_exec_as_main(code, workdir + "/" + SCRIPT_NAME, workdir))
 
 
-def _write_files(workdir: str, files) -> None:
-    for name, data in files:
-        path = workdir + "/" + name
-        parent = os.path.dirname(path)
-        if parent != workdir:
-            os.makedirs(parent, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        try:
-            write_all(fd, data)
-        finally:
-            os.close(fd)
+def _write_file(name: str, data: bytes) -> None:
+    """`name` (relative, normalized by the host) in the current directory, the job's own."""
+    if "/" in name:
+        os.makedirs(os.path.dirname(name), exist_ok=True)
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        write_all(fd, data)
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -652,10 +656,10 @@ def _write_files(workdir: str, files) -> None:
 # ---------------------------------------------------------------------------------------------
 def classify(reply: dict, stdout: bytes, stderr: bytes, limits: dict, output_limited: bool) -> dict:
     """status, exit_code, detail, wall_s and cpu_s of one job. `reply` is the zygote's (exit
-    status, signal, CPU and wall time, and `reason`: "timeout" when it killed the job at the
-    wall clock, "killed" when the host asked it to)."""
+    status, signal, CPU and wall time in microseconds, and `reason`: "timeout" when it killed
+    the job at the wall clock, "killed" when the host asked it to)."""
     reason = "output_limit" if output_limited else reply.get("reason")
-    result = {"wall_s": reply["wall_s"], "exit_code": None, "cpu_s": None, "detail": ""}
+    result = {"wall_s": reply["wall_us"] / 1e6, "exit_code": None, "cpu_s": None, "detail": ""}
     if reason == "timeout":
         result.update(status="timeout", detail=f"wall-clock limit of {limits['wall_s']:g} s exceeded")
         return result
@@ -663,7 +667,7 @@ def classify(reply: dict, stdout: bytes, stderr: bytes, limits: dict, output_lim
         result.update(status="output_limit",
                       detail=f"stdout or stderr exceeded {limits['max_output_bytes']} bytes")
         return result
-    result["cpu_s"] = reply["cpu_s"]
+    result["cpu_s"] = cpu_s = reply["cpu_us"] / 1e6
     sig = reply["signal"]
     if sig is not None:
         result["exit_code"] = -sig
@@ -671,7 +675,7 @@ def classify(reply: dict, stdout: bytes, stderr: bytes, limits: dict, output_lim
         # The zygote sent no signal (that ends as timeout/output_limit above) and nothing
         # inside the job can SIGKILL its pid 1, so a SIGKILL after real CPU use is the limit.
         # (Usage is compared loosely: on a loaded VM rusage lags the kernel's timer by ~20%.)
-        if sig == SIGXCPU or (sig == SIGKILL and reply["cpu_s"] >= 0.5 * limits["cpu_s"]):
+        if sig == SIGXCPU or (sig == SIGKILL and cpu_s >= 0.5 * limits["cpu_s"]):
             result.update(status="timeout", detail=f"CPU-time limit of {limits['cpu_s']} s exceeded")
         elif sig == SIGXFSZ:
             result.update(status="error",
@@ -714,8 +718,6 @@ def _exec_as_main(code: bytes, path: str, workdir: str) -> int:
     sys.modules["__main__"] = main
     sys.argv = [path]
     sys.path.insert(0, workdir)
-    sys.stdin, sys.stdout, sys.stderr = _JOB_STDIO
-    sys.__stdin__, sys.__stdout__, sys.__stderr__ = _JOB_STDIO
 
     status = 0
     try:

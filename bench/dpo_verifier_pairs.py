@@ -1,25 +1,47 @@
 """Does DPO on verifier-built pairs raise greedy accuracy? SFT the embedded model, then DPO on pairs
 it samples itself (k answers per fresh prompt, labelled by the math verifier), and compare the
-greedy pass@1 on held-out problems before and after DPO.
+greedy pass@1 of the SFT and DPO models on the same held-out problems.
 
-    python bench/dpo_verifier_pairs.py                           # configs/tiny_arith.yaml, stages sft -> dpo
-    python bench/dpo_verifier_pairs.py --sft-model runs/x/sft/final  # skip SFT, start DPO from this model
+    python bench/dpo_verifier_pairs.py                                 # configs/tiny_arith.yaml
+    python bench/dpo_verifier_pairs.py --sft-model runs/x/sft/final    # skip SFT, start DPO from this model
     python bench/dpo_verifier_pairs.py dpo.num_prompts=1024 dpo.optim.lr=5e-5   # any config override
 
-It runs the real pipeline (`grpo.pipeline.run`) so the figures come from the code a user runs:
-the same rollout engine, verifier and evaluation. Printed at the end: greedy pass@1 after SFT and
-after DPO on the same held-out problems, the pair counts (built / skipped, and why), the held-out
-pair margin and accuracy, and the wall time of each stage; `--json PATH` also writes them.
+The stages run through the real pipeline (`grpo.pipeline.run`). Each model is then evaluated by
+`grpo eval` in its own process, with a rollout engine built on that model's own directory (greedy,
+`eval.num_problems` held-out problems, the configured verifier), so the figures do not depend on
+pushing weights into an engine built on another model. Printed at the end: pass@1 before and after
+DPO, the pair counts (built / skipped, and why), the held-out pair margin and accuracy, and wall
+times; `--json PATH` also writes them.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+ROOT = Path(__file__).resolve().parents[1]
+DIST_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+sys.path.insert(0, str(ROOT))  # run from a checkout
+
+
+def evaluate(config: str, model: str, overrides: list[str], name: str) -> dict:
+    """Greedy pass@1 of `model` with an engine built on it, in a fresh process."""
+    cmd = [sys.executable, "-m", "grpo.cli", "eval", str(Path(config).resolve()), "--model", str(Path(model).resolve()),
+           *overrides, f"name={name}", "eval.k=0"]
+    # This process initialised torch.distributed (env vars, a bound port); the child starts its own.
+    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    out = "\n" + proc.stdout
+    start = out.rfind("\n{")  # `grpo eval` ends by printing its result as indented JSON
+    if proc.returncode != 0 or start < 0:
+        print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
+        raise SystemExit(f"evaluation of {model} failed (exit {proc.returncode})")
+    return json.JSONDecoder().raw_decode(out[start + 1:])[0]
 
 
 def main() -> int:
@@ -29,45 +51,61 @@ def main() -> int:
     ap.add_argument("--name", default="bench_dpo_verifier_pairs")
     ap.add_argument("--output-dir", default="artifacts")
     ap.add_argument("--sft-model", default=None, help="start DPO from this model instead of running SFT")
+    ap.add_argument("--pairs-from", default=None,
+                    help="a run directory whose verifier-built pairs to reuse (used only if built from the same "
+                         "model and pair settings; saves the sampling when comparing DPO settings)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    from grpo.config import load_config
     from grpo import pipeline
+    from grpo.config import load_config
 
-    stages = "[dpo]" if args.sft_model else "[sft,dpo]"
-    overrides = [f"name={args.name}", f"output_dir={args.output_dir}", f"stages={stages}", "eval.k=0",
-                 *args.overrides]
-    if args.sft_model:
-        overrides.append(f"model.name_or_path={args.sft_model}")
-    cfg = load_config(args.config, overrides)
+    # Absolute paths: the evaluations run in child processes from the repository root.
+    common = [f"output_dir={Path(args.output_dir).resolve()}", "metrics.progress_bar=false", *args.overrides]
+    wall: dict[str, float] = {}
+    sft_model = args.sft_model
+    if sft_model is None:
+        cfg = load_config(args.config, [*common, f"name={args.name}_sft", "stages=[sft]", "eval.num_problems=0"])
+        t0 = time.perf_counter()
+        pipeline.run(cfg)
+        wall["sft"] = time.perf_counter() - t0
+        sft_model = str(cfg.run_dir / "sft" / "final")
+    # The rollout engine is built on the SFT model itself: the pairs are sampled from exactly it.
+    cfg = load_config(args.config, [*common, f"name={args.name}", "stages=[dpo]", "eval.num_problems=0",
+                                    f"model.name_or_path={sft_model}"])
+    if args.pairs_from:
+        (cfg.run_dir / "dpo").mkdir(parents=True, exist_ok=True)
+        for name in ("pairs.jsonl", "pairs_report.json"):
+            shutil.copy(Path(args.pairs_from) / "dpo" / name, cfg.run_dir / "dpo" / name)
     t0 = time.perf_counter()
     summary = pipeline.run(cfg)
-    wall = time.perf_counter() - t0
+    wall["dpo"] = time.perf_counter() - t0
+    dpo_model = summary["final_model"]
 
-    stages_out = summary["stages"]
-    before_key = "base" if args.sft_model else "sft"
-    before, after = stages_out[before_key], stages_out["dpo"]
-    run_dir = cfg.run_dir
-    pairs = json.loads((run_dir / "dpo" / "pairs_report.json").read_text())
-    held = json.loads((run_dir / "dpo" / "eval_pairs.json").read_text())
-    result = {
-        "greedy_pass@1_before_dpo": before["pass@1"], "greedy_pass@1_after_dpo": after["pass@1"],
-        "eval_problems": after.get("n"), "base_pass@1": stages_out.get("base", {}).get("pass@1"),
-        "pairs": pairs, "held_out_pairs": held,
-        "wall_s": {k: v.get("wall_s") for k, v in stages_out.items() if "wall_s" in v}, "total_wall_s": wall,
-    }
+    t0 = time.perf_counter()
+    before = evaluate(args.config, sft_model, common, f"{args.name}_eval_sft")  # the same problems for both
+    after = evaluate(args.config, dpo_model, common, f"{args.name}_eval_dpo")
+    wall["eval"] = time.perf_counter() - t0
+    pairs = json.loads((cfg.run_dir / "dpo" / "pairs_report.json").read_text())
+    held = json.loads((cfg.run_dir / "dpo" / "eval_pairs.json").read_text())
+    result = {"greedy_pass@1_sft": before["pass@1"], "greedy_pass@1_dpo": after["pass@1"], "eval_problems": after["n"],
+              "sft_model": sft_model, "dpo_model": dpo_model, "pairs": pairs, "held_out_pairs": held,
+              "wall_s": {k: round(v, 1) for k, v in wall.items()},
+              "dpo_settings": {k: getattr(cfg.dpo, k) for k in ("loss_type", "beta", "epochs", "batch_size",
+                                                                 "num_prompts", "samples_per_prompt")}
+              | {"lr": cfg.dpo.optim.lr}}
     print("\n=== DPO on verifier-built pairs ===")
-    print(f"greedy pass@1 on {result['eval_problems']} held-out problems: "
-          f"{before['pass@1']:.3f} ({before_key}) -> {after['pass@1']:.3f} (dpo), "
-          f"{after['pass@1'] - before['pass@1']:+.3f}")
+    print(f"greedy pass@1 on {after['n']} held-out problems: {before['pass@1']:.3f} (sft) -> "
+          f"{after['pass@1']:.3f} (dpo), {after['pass@1'] - before['pass@1']:+.3f}")
     print(f"pairs: {pairs['pairs']} built from {pairs['prompts']} prompts, {pairs['skipped']} skipped "
-          f"(all correct {pairs['skipped_all_correct']}, all wrong {pairs['skipped_all_wrong']}); "
+          f"(all correct {pairs['skipped_all_correct']}, all wrong {pairs['skipped_all_wrong']}, "
+          f"correct only when truncated {pairs['skipped_only_truncated_correct']}); "
           f"sample accuracy {pairs['correct_fraction']:.3f}")
     if "rewards/margins" in held.get("after", {}):
         print(f"held-out pairs: margin {held['before'].get('rewards/margins', 0):.3f} -> "
-              f"{held['after']['rewards/margins']:.3f}, accuracy {held['after']['rewards/accuracy']:.3f}")
-    print("wall time per stage (s):", result["wall_s"])
+              f"{held['after']['rewards/margins']:.3f}, accuracy {held['before'].get('rewards/accuracy', 0):.3f} -> "
+              f"{held['after']['rewards/accuracy']:.3f}")
+    print("settings:", result["dpo_settings"], " wall time (s):", result["wall_s"])
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0

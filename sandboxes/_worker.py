@@ -53,17 +53,18 @@ import sys
 import time
 
 # ---------------------------------------------------------------------------------------------
-# Frames: 4-byte big-endian header length, a header, then raw blobs whose byte sizes the header
-# lists under "sizes". Host -> sandbox headers are marshal (the host's own trusted data, read by
-# the same interpreter build); sandbox -> host headers are JSON, so the host never feeds
-# sandbox-made bytes to anything but a JSON parser.
-#
-# The control socket (AF_UNIX, SOCK_SEQPACKET: one message per send, in order) carries:
+# Messages. The control socket (AF_UNIX, SOCK_SEQPACKET: one message per send, kept in order)
+# carries:
 #   host -> zygote  a job: marshal {"limits": {...}} with four descriptors attached (J's stdin
 #                   read end, stdout and stderr write ends, the payload memfd); or KILL.
-#   zygote -> host  a reply frame (JSON header, no blobs): the first says ready, then one per job.
+#   zygote -> host  a reply frame: the first says ready, then one per job.
 # The payload memfd holds marshal (program bytes, (file names...), (file contents...)), written
-# by the host and read only by J.
+# by the host and read only by J. Host -> sandbox data is marshal (the host's own trusted data,
+# read by the same interpreter build); sandbox -> host data is JSON, so the host never feeds
+# sandbox-made bytes to anything but a JSON parser.
+#
+# A reply frame: 4-byte big-endian header length, a JSON header, then raw blobs whose byte sizes
+# the header lists under "sizes" (replies carry none now: the host reads the job's output itself).
 # ---------------------------------------------------------------------------------------------
 MAX_HEADER_BYTES = 1 << 20
 MAX_CONTROL_MESSAGE = 1 << 16
@@ -71,6 +72,7 @@ JOB_FDS = 4  # stdin_r, stdout_w, stderr_w, payload
 # Sent by the host when a job reached its output cap. It can cross paths with the job's own end,
 # so a KILL that arrives while no job runs is ignored.
 KILL = b"k"
+
 
 def encode_frame(header_bytes: bytes, blobs=()) -> bytes:
     """`header_bytes` must encode a dict whose "sizes" lists len(blob) for each blob."""
@@ -355,6 +357,8 @@ def zygote(config: dict) -> None:
     _check(_prctl(PR_SET_NO_NEW_PRIVS, 1), "prctl(PR_SET_NO_NEW_PRIVS)")
     sys.stdin, sys.stdout, sys.stderr = job_stdio
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = job_stdio
+    if config["isolate"]:
+        _install_main("/tmp/" + SCRIPT_NAME)  # (the zygote's own globals stay with its functions)
     compile(_WARM_UP, "/tmp/solution.py", "exec")
     # Objects alive now are shared by every job; frozen, the collector never walks (and so
     # never copies) their pages in the forked children.
@@ -601,8 +605,9 @@ def _become_job(fds, ready_w, rlimits, mounts, workdir, config) -> None:
             # private tmpfs as /tmp and /dev/shm, and a /proc that shows only its own processes.
             # All need the capabilities it still holds: do them first.
             _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare")
-            for source, target, fstype, flags, data in mounts:
-                _check(_libc.mount(source, target, fstype, flags, data), f"mount {target}")
+            for args in mounts:
+                if _libc.mount(*args) != 0:
+                    _check(-1, f"mount {args[1].decode()}")
         else:
             _prctl(PR_SET_PDEATHSIG, SIGKILL)  # no pid namespace to take us down with the zygote
         os.setsid()  # own session and process group: its kill(0, ...) reaches only itself
@@ -709,14 +714,23 @@ def _switch_uid(uid: int) -> None:
     os.setresuid(uid, uid, uid)
 
 
-def _exec_as_main(code: bytes, path: str, workdir: str) -> int:
-    """Run `code` (also saved at `path`, for tracebacks) as __main__ of this forked, warm
-    interpreter, with the exit semantics of `python solution.py`: exit status, tracebacks,
-    non-daemon threads joined, atexit handlers run."""
+def _install_main(path: str) -> None:
+    """An empty `__main__` module for the program saved at `path`, and `sys.argv`. Done once in
+    the zygote when every job's path is the same (bwrap backend: /tmp/solution.py), so the forks
+    only fill the module in."""
     main = type(sys)("__main__")
     main.__dict__.update(__builtins__=_builtins, __file__=path)
     sys.modules["__main__"] = main
     sys.argv = [path]
+
+
+def _exec_as_main(code: bytes, path: str, workdir: str) -> int:
+    """Run `code` (also saved at `path`, for tracebacks) as __main__ of this forked, warm
+    interpreter, with the exit semantics of `python solution.py`: exit status, tracebacks,
+    non-daemon threads joined, atexit handlers run."""
+    if sys.argv != [path]:
+        _install_main(path)
+    main = sys.modules["__main__"]
     sys.path.insert(0, workdir)
 
     status = 0

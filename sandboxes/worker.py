@@ -405,7 +405,7 @@ class WorkerProcess:
             timeout = left if reading else min(left, quiet_until - now)
             for fd, event in poller.poll(timeout * 1000):
                 if fd == control:
-                    reply = self._recv_reply(deadline)
+                    reply = self._read_reply()
                 elif fd == host_ends[0]:
                     done = bool(event & (select.POLLERR | select.POLLHUP))
                     if not done:
@@ -453,9 +453,14 @@ class WorkerProcess:
             pass  # the worker is gone: its reply (or its absence) says so
 
     def _recv_reply(self, deadline: float) -> dict:
+        poller = select.poll()  # (not select.select: a busy host may hold fds above 1023)
+        poller.register(self._control, select.POLLIN)
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([self._control], [], [], left)[0]:
+        if left <= 0 or not poller.poll(left * 1000):
             raise WorkerBroken("worker did not answer in time")
+        return self._read_reply()
+
+    def _read_reply(self) -> dict:
         data = self._control.recv(_worker.MAX_CONTROL_MESSAGE)
         if not data:
             raise WorkerBroken(f"worker exited ({self._exit_description()})", gone=True)

@@ -484,7 +484,7 @@ _JOB_REPLY = '{"wall_us":%d,"cpu_us":%d,"exit_code":%s,"signal":%s,"reason":%s,"
 
 def _error_reply(detail: str) -> bytes:
     return reply_frame({"status": "sandbox_error", "exit_code": None, "wall_s": 0.0,
-                        "detail": detail})
+                        "detail": detail[:2000]})
 
 
 def _reset_child_pid_ns(own_pid_ns, isolate: bool) -> None:

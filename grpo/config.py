@@ -44,6 +44,9 @@ class ArithmeticConfig:
     n_sft: int = 10000
     n_rl: int = 5000
     n_eval: int = 500
+    # How SFT demonstrations are worked: "columns" (digit by digit, with carries) or "direct" (the boxed
+    # answer alone). See grpo/tasks/arithmetic.py.
+    solution_style: str = "columns"
 
 
 @dataclass
@@ -341,6 +344,7 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     _check(1 <= a.max_digits <= 9, source, "data.arithmetic.max_digits", "must be in [1, 9]")
     for i, op in enumerate(a.ops):
         _one_of(op, ("+", "-", "*"), source, f"data.arithmetic.ops[{i}]")
+    _one_of(a.solution_style, ("columns", "direct"), source, "data.arithmetic.solution_style")
     for k in ("n_sft", "n_rl", "n_eval"):
         _check(getattr(a, k) >= 0, source, f"data.arithmetic.{k}", "must be >= 0")
 

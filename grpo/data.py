@@ -120,23 +120,26 @@ def to_examples(ds: datasets.Dataset, cfg: DataConfig, tokenizer=None, source: s
     """Validated rows -> Examples; the verifier reads the answer from `row["answer"]`."""
     validate_rows(ds, [cfg.prompt_field, cfg.answer_field, *cfg.required_fields], source)
     pattern = re.compile(cfg.answer_regex, re.MULTILINE) if cfg.answer_regex else None
-    out = []
-    for i, row in enumerate(ds):
-        row = dict(row)
+    # One Arrow -> Python conversion and batched tokenization: row-by-row access and tokenizer calls
+    # took ~20 s for a 20k-prompt pool, all of it before the first rollout.
+    rows = ds.to_list()
+    prompts = []
+    for i, row in enumerate(rows):
         row["answer"] = row[cfg.answer_field]
         if pattern is not None:
             match = pattern.search(str(row["answer"]))
             if match is None:
                 raise DataError(f"{source}: row {i}: field '{cfg.answer_field}' does not match data.answer_regex")
             row["answer"] = match.group(1).strip()
-        prompt = format_prompt(str(row[cfg.prompt_field]), cfg, tokenizer)
-        if tokenizer is not None:
-            n = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-            if n > cfg.max_prompt_tokens:
-                raise DataError(f"{source}: row {i}: prompt is {n} tokens, over data.max_prompt_tokens="
-                                f"{cfg.max_prompt_tokens}")
-        out.append(Example(prompt=prompt, answer=row["answer"], row=row))
-    return out
+        prompts.append(format_prompt(str(row[cfg.prompt_field]), cfg, tokenizer))
+    if tokenizer is not None:
+        for start in range(0, len(prompts), 4096):
+            ids = tokenizer(prompts[start:start + 4096], add_special_tokens=False)["input_ids"]
+            for i, row_ids in enumerate(ids, start):
+                if len(row_ids) > cfg.max_prompt_tokens:
+                    raise DataError(f"{source}: row {i}: prompt is {len(row_ids)} tokens, over "
+                                    f"data.max_prompt_tokens={cfg.max_prompt_tokens}")
+    return [Example(prompt=prompt, answer=row["answer"], row=row) for prompt, row in zip(prompts, rows)]
 
 
 def train_eval_split(ds: datasets.Dataset, eval_size: int, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
@@ -163,7 +166,7 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
 
         a = cfg.arithmetic
         pools = make_pools({"sft": a.n_sft, "rl": a.n_rl, "eval": a.n_eval}, seed=seed,
-                           max_digits=a.max_digits, ops=tuple(a.ops))
+                           max_digits=a.max_digits, ops=tuple(a.ops), solution_style=a.solution_style)
         rl = pools["rl"]
         if cfg.limit:
             rl = rl.select(range(min(cfg.limit, len(rl))))

@@ -110,6 +110,18 @@ def _score_groups(ctx: StageContext, groups: list[Group], rows: list[dict],
     return [[scores[i * G + j].reward for j in range(G)] for i in range(len(groups))]
 
 
+def _micro_batches(samples: list[Sample], size: int, count: int) -> list[list[Sample]]:
+    """`count` micro-batches (DeepSpeed's fixed accumulation count): the samples in the loss, `size` at a
+    time, then one filler sample per remaining slot. Filler carries no gradient, so running it whole (half
+    the batch when dynamic sampling comes up short) only burnt compute."""
+    real = [s for s in samples if s.in_loss]
+    filler = [s for s in samples if not s.in_loss] or real[-1:]
+    micro = [real[i:i + size] for i in range(0, len(real), size)]
+    while len(micro) < count:
+        micro.append([filler[len(micro) % len(filler)]])
+    return micro
+
+
 def train(ctx: StageContext, init_model_path: str) -> Path:
     """GRPO from `init_model_path`; returns the final Hugging Face model directory."""
     cfg, g, dist = ctx.cfg, ctx.cfg.grpo, ctx.dist
@@ -192,7 +204,7 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
                                scale=g.scale if g.advantage == "grpo" else "none")
         for s, a in zip(samples, adv.advantages.tolist()):
             s.advantage = a
-        micro = [samples[i:i + g.micro_batch_size] for i in range(0, len(samples), g.micro_batch_size)]
+        micro = _micro_batches(samples, g.micro_batch_size, n_micro)
         tensors = [micro_batch_tensors(m, pad_id) for m in micro]
         loss_tokens = sum(int((t["mask"] & ~(t["truncated"][:, None] & g.overlong_filter)).sum()) for t in tensors)
         loss_seqs = sum(s.in_loss and not (g.overlong_filter and s.truncated) for s in samples)
@@ -213,6 +225,7 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
         rollout.sleep()
         engine.train()
         stats_acc: dict[str, float] = {}
+        n_stat = max(sum(bool(t["mask"].any()) for t in tensors), 1)
         mismatch, mismatch_n = 0.0, 0
         for it in range(g.num_iterations):
             for t in tensors:
@@ -234,8 +247,8 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
                     mismatch_n += int(m.sum())
                     for k, v in st.items():
                         v = float(v)
-                        if math.isfinite(v):
-                            stats_acc[k] = stats_acc.get(k, 0.0) + v / len(tensors)
+                        if math.isfinite(v) and bool(t["mask"].any()):  # filler-only batches: no stats
+                            stats_acc[k] = stats_acc.get(k, 0.0) + v / n_stat
             step_stats = engine.step()
         engine.eval()
         timings["timing/update"] = time.perf_counter() - t0

@@ -114,7 +114,8 @@ class VLLMRollout:
         greedy = spec.temperature == 0
         return SamplingParams(n=spec.n, temperature=spec.temperature, top_p=1.0 if greedy else spec.top_p,
                               top_k=-1 if greedy else spec.top_k, max_tokens=spec.max_tokens, seed=seed,
-                              logprobs=0, skip_special_tokens=True)
+                              # flat: one array per completion instead of a dict per token (cheaper)
+                              logprobs=0, flat_logprobs=True, skip_special_tokens=True)
 
     def generate(self, prompts: Sequence[str], spec: SamplingSpec, seeds: Sequence[int]) -> list[Group]:
         params = [self._params(spec, s) for s in seeds]
@@ -129,7 +130,11 @@ class VLLMRollout:
             for c in out.outputs:
                 lps = None
                 if c.logprobs is not None:
-                    lps = [step[tok].logprob for step, tok in zip(c.logprobs, c.token_ids)]
+                    flat = getattr(c.logprobs, "logprobs", None)  # FlatLogprobs: one entry per token at logprobs=0
+                    if flat is not None and list(c.logprobs.token_ids) == list(c.token_ids):
+                        lps = list(flat)
+                    else:
+                        lps = [step[tok].logprob for step, tok in zip(c.logprobs, c.token_ids)]
                 group.completions.append(Completion(text=c.text, token_ids=list(c.token_ids), logprobs=lps,
                                                     truncated=c.finish_reason == "length"))
             groups.append(group)

@@ -95,3 +95,9 @@ def test_gpu_features_refused_without_cuda():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="engine.precision"):
             check_hardware(cfg)
+
+
+def test_unknown_solution_style_names_key(tmp_path):
+    p = write(tmp_path, "data:\n  arithmetic:\n    solution_style: essay\n")
+    with pytest.raises(ConfigError, match=r"data\.arithmetic\.solution_style.*columns"):
+        load_config(p)

@@ -106,3 +106,27 @@ def test_column_map_and_answer_regex(tmp_path):
     bad = DataConfig(source=str(path), prompt_field="question", answer_field="question", answer_regex=r"####\s*(.+)$")
     with pytest.raises(DataError, match="row 0.*answer_regex"):
         to_examples(ds, bad, source=str(path))
+
+
+def test_over_long_prompt_reported_by_row_index(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = [{"prompt": "What is 1 + 1?", "answer": "2"}] * 5 + [{"prompt": "x" * 300, "answer": "1"}]
+    cfg = DataConfig(max_prompt_tokens=64)
+    with pytest.raises(DataError, match=r"row 5: prompt is \d+ tokens, over data.max_prompt_tokens=64"):
+        to_examples(datasets.Dataset.from_list(rows), cfg, tok)
+    examples = to_examples(datasets.Dataset.from_list(rows[:5]), cfg, tok)
+    assert [e.answer for e in examples] == ["2"] * 5 and examples[0].prompt.count("What is 1 + 1?") == 1
+
+
+def test_arithmetic_solution_style_reaches_the_demonstrations():
+    from grpo.config import ArithmeticConfig
+    from grpo.data import load_splits
+
+    small = dict(n_sft=20, n_rl=20, n_eval=10)
+    columns = load_splits(DataConfig(arithmetic=ArithmeticConfig(**small)), seed=0).sft
+    direct = load_splits(DataConfig(arithmetic=ArithmeticConfig(**small, solution_style="direct")), seed=0).sft
+    assert columns["prompt"] == direct["prompt"]
+    assert all(s == f"\\boxed{{{a}}}" for s, a in zip(direct["solution"], direct["answer"]))
+    assert all("=" in s and s.endswith(f"\\boxed{{{a}}}") for s, a in zip(columns["solution"], columns["answer"]))

@@ -2,7 +2,7 @@
 and the tensors of a micro-batch (what is in the loss, where the sampler logprobs go)."""
 import torch
 
-from grpo.grpo_loop import PromptStream, Sample, micro_batch_tensors
+from grpo.grpo_loop import PromptStream, Sample, _micro_batches, micro_batch_tensors
 
 
 def test_prompt_stream_is_seeded_sharded_and_resumable():
@@ -30,3 +30,21 @@ def test_micro_batch_tensors_align_completions_on_the_shifted_grid():
     assert torch.allclose(t["sampler_logprobs"][0], torch.tensor([0.0, 0.0, -0.1, -0.2]))
     assert torch.allclose(t["sampler_logprobs"][1], torch.tensor([-1.0, -2.0, -3.0, 0.0]))
     assert t["advantages"].tolist() == [0.5, -0.5] and t["truncated"].tolist() == [False, True]
+
+
+def test_micro_batches_keep_the_accumulation_count_and_shrink_filler():
+    def sample(i, in_loss):
+        return Sample([1, 2], [3] * (i + 1), None, False, 0.0, in_loss=in_loss)
+
+    real = [sample(i, True) for i in range(5)]
+    filler = [sample(i, False) for i in range(7)]
+    mixed = [real[0], filler[0], *real[1:], *filler[1:]]
+    micro = _micro_batches(mixed, size=4, count=3)
+    assert len(micro) == 3  # DeepSpeed was built for 3 micro-batches per step
+    assert micro[0] == real[:4] and micro[1] == [real[4]]
+    assert len(micro[2]) == 1 and not micro[2][0].in_loss  # a lone filler sample, not four
+    assert _micro_batches(real + filler[:3], size=4, count=2) == [real[:4], [real[4]]]
+    full = _micro_batches(real[:4] + real[:4], size=4, count=2)
+    assert full == [real[:4], real[:4]]
+    none_real = _micro_batches(filler[:4], size=2, count=2)
+    assert len(none_real) == 2 and all(len(m) == 1 and not m[0].in_loss for m in none_real)

@@ -109,7 +109,7 @@ def run(cfg: RunConfig, stages: list[str] | None = None) -> dict:
             summary_path.write_text(json.dumps(summary, indent=2))
             from grpo.report import print_summary, write_plots
 
-            write_plots(ctx.run_dir)
+            write_plots(ctx.run_dir, summary)
             print_summary(summary)
     finally:
         ctx.close()

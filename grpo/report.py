@@ -25,8 +25,24 @@ def print_summary(summary: dict) -> None:
     print(summary_table(summary))
 
 
-def write_plots(run_dir: str | Path) -> Path | None:
-    """reward (GRPO), loss (SFT, DPO) and eval accuracy over steps -> run_dir/plots/curves.png."""
+def _grpo_eval_points(rows: list[dict], summary: dict | None) -> list[tuple[float, float]]:
+    """GRPO's periodic eval/pass@1, framed by the held-out pass@1 of the model it started from (step 0) and
+    of its final model (last step), both taken from the pipeline summary."""
+    pts = [(r["step"], r["eval/pass@1"]) for r in rows if r.get("stage") == "grpo" and "eval/pass@1" in r]
+    stages = list((summary or {}).get("stages", {}).items())
+    names = [name for name, _ in stages]
+    if "grpo" in names and "pass@1" in stages[names.index("grpo")][1]:
+        i = names.index("grpo")
+        last = max((r["step"] for r in rows if r.get("stage") == "grpo"), default=0)
+        if i > 0 and "pass@1" in stages[i - 1][1]:
+            pts.insert(0, (0, stages[i - 1][1]["pass@1"]))
+        pts.append((last, stages[i][1]["pass@1"]))
+    return pts
+
+
+def write_plots(run_dir: str | Path, summary: dict | None = None) -> Path | None:
+    """reward (GRPO), loss (SFT, DPO) and eval accuracy over steps -> run_dir/plots/curves.png.
+    With the pipeline `summary`, the GRPO accuracy panel starts and ends at the stage's own evaluations."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -44,7 +60,15 @@ def write_plots(run_dir: str | Path) -> Path | None:
     fig, axes = plt.subplots(len(present), 1, figsize=(7, 2.4 * len(present)), squeeze=False)
     for ax, (stage, key, title) in zip(axes[:, 0], present):
         pts = [(r["step"], r[key]) for r in rows if r.get("stage") == stage and isinstance(r.get(key), (int, float))]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 50 else None)
+        if (stage, key) == ("grpo", "eval/pass@1"):
+            pts = _grpo_eval_points(rows, summary)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 50 else None,
+                alpha=0.4 if len(pts) >= 50 else 1.0)
+        if len(pts) >= 50:  # noisy per-step curves: add a moving average over 10 steps
+            ys = [p[1] for p in pts]
+            avg = [sum(ys[max(0, i - 9):i + 1]) / len(ys[max(0, i - 9):i + 1]) for i in range(len(ys))]
+            ax.plot([p[0] for p in pts], avg, color="C1", label="10-step average")
+            ax.legend(fontsize=7)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)

@@ -171,25 +171,21 @@ def test_push_of_a_saved_tied_model_matches_transformers(tmp_path, model_dir):
     assert torch.allclose(engine, expected, atol=1e-4), (engine, expected)
 
 
-def test_grpo_raises_a_reward_on_the_arithmetic_prompts(tmp_path):
-    """The loop optimizes what the verifier rewards: from a fresh model on the arithmetic prompts,
-    a plug-in reward (fraction of digits in the answer) rises clearly within 12 steps (measured:
-    0.03 -> 0.31). The math-verifier version needs a trained start; see the README's embedded run."""
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(f"""
-name: rise
-output_dir: {tmp_path / 'runs'}
-stages: [grpo]
-model: {{name_or_path: "tiny:micro", tiny_dir: {tmp_path / 'tiny'}}}
-data: {{source: arithmetic, arithmetic: {{n_sft: 0, n_rl: 500, n_eval: 8}}}}
-verifiers: [{{name: "reward_plugins:digit_fraction"}}]
-verify: {{workers: 0}}
-rollout: {{max_tokens: 32, kv_cache_gb: 0.25}}
-grpo: {{steps: 12, prompts_per_step: 8, group_size: 8, micro_batch_size: 64, optim: {{lr: 0.003}}, save_every: 0}}
-eval: {{num_problems: 0}}
-metrics: {{tensorboard: false, progress_bar: false}}
-""")
-    run(grpo("train", str(cfg)), tmp_path)
-    rewards = [r["reward/mean"] for r in metrics(tmp_path / "runs" / "rise")]
-    first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
-    assert last > 2 * first and last - first > 0.05, rewards
+def test_grpo_raises_the_math_verifier_reward_on_arithmetic(tmp_path):
+    """The loop optimizes what the verifier rewards. A short SFT (300 steps, ~25% sample accuracy, well
+    short of convergence so there is room) then 20 GRPO steps with the math verifier on fresh prompts:
+    the mean reward of the last 5 steps clearly beats the first 5 (measured 0.24 -> 0.35)."""
+    overrides = [
+        "name=rise", f"output_dir={tmp_path / 'runs'}", f"model.tiny_dir={tmp_path / 'tiny'}", "stages=[sft,grpo]",
+        "data.arithmetic.n_rl=2000", "data.arithmetic.n_eval=50", "eval.num_problems=0",
+        "sft.max_steps=300", "sft.eval_every=100", "sft.patience=0",
+        "grpo.steps=20", "grpo.prompts_per_step=64", "grpo.micro_batch_size=128", "grpo.optim.lr=1e-4",
+        "grpo.eval_every=0", "grpo.save_every=0", "rollout.kv_cache_gb=0.25",
+        "metrics.progress_bar=false", "metrics.tensorboard=false",
+    ]
+    run(grpo("run", str(HERE.parents[1] / "configs" / "tiny_arith.yaml"), *overrides), tmp_path)
+    rows = metrics(tmp_path / "runs" / "rise")
+    rewards = [r["rewards/math/mean"] for r in rows if r["stage"] == "grpo" and "rewards/math/mean" in r]
+    assert len(rewards) == 20
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert 0.02 < first < 0.8 and last > first + 0.05, rewards

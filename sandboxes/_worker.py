@@ -10,11 +10,11 @@ Process tree inside one worker (bwrap backend):
 
 Who does what for one job:
 
-* The host (trusted, outside the sandbox) makes J's stdin/stdout/stderr pipes and a memfd that
-  holds the program and its files, and hands the four descriptors to the zygote over the control
-  socket (SCM_RIGHTS) with the job's limits. The host itself feeds stdin, reads stdout/stderr
-  (capped) and classifies the result, so the bytes a job reads or writes never pass through the
-  sandbox's own processes.
+* The host (trusted, outside the sandbox) makes J's stdin (a sealed memfd holding all of it),
+  its stdout/stderr pipes and a sealed memfd that holds the program and its files, and hands the
+  four descriptors to the zygote over the control socket (SCM_RIGHTS) with the job's limits. The
+  host itself reads stdout/stderr (capped) and classifies the result, so the bytes a job reads
+  or writes never pass through the sandbox's own processes.
 * The zygote only moves descriptors: it forks J into a fresh pid namespace, watches J's pidfd
   against the wall clock (and a kill request from the host at the output cap), reaps J, and
   answers with J's exit status, CPU time and wall time.
@@ -56,7 +56,7 @@ import time
 # Messages. The control socket (AF_UNIX, SOCK_SEQPACKET: one message per send, kept in order)
 # carries:
 #   host -> zygote  a job: marshal {"limits": {...}} with four descriptors attached (J's stdin
-#                   read end, stdout and stderr write ends, the payload memfd); or KILL.
+#                   memfd, stdout and stderr pipes' write ends, the payload memfd); or KILL.
 #   zygote -> host  a reply frame: the first says ready, then one per job.
 # The payload memfd holds marshal (program bytes, (file names...), (file contents...)), written
 # by the host and read only by J. Host -> sandbox data is marshal (the host's own trusted data,
@@ -68,7 +68,7 @@ import time
 # ---------------------------------------------------------------------------------------------
 MAX_HEADER_BYTES = 1 << 20
 MAX_CONTROL_MESSAGE = 1 << 16
-JOB_FDS = 4  # stdin_r, stdout_w, stderr_w, payload
+JOB_FDS = 4  # stdin, stdout_w, stderr_w, payload
 # Sent by the host when a job reached its output cap. It can cross paths with the job's own end,
 # so a KILL that arrives while no job runs is ignored.
 KILL = b"k"
@@ -271,12 +271,15 @@ class _HostGone(Exception):
 
 def _build_job_stdio():
     """sys.stdin/stdout/stderr for every job, built once: on fds 0-2, as Python builds them
-    for pipes (UTF-8; stdout block-buffered, stderr line-buffered with backslashreplace).
-    Built while 0-2 are pipes, because the wrappers remember whether their file is seekable."""
+    for `python solution.py < file` with stdout and stderr piped (UTF-8; stdout block-buffered,
+    stderr line-buffered with backslashreplace). Built on the same kinds of files as a job's
+    (stdin a regular file at offset 0, the others pipes), because the wrappers remember
+    whether their file is seekable, and where it stood."""
     import io
     saved = [os.dup(fd) for fd in (0, 1, 2)]
+    stdin_file = os.memfd_create("stdin")
     r, w = os.pipe()
-    os.dup2(r, 0)
+    os.dup2(stdin_file, 0)
     os.dup2(w, 1)
     os.dup2(w, 2)
     streams = (io.open(0, "r", encoding="utf-8", closefd=False),
@@ -288,8 +291,8 @@ def _build_job_stdio():
     for fd, old in zip((0, 1, 2), saved):
         os.dup2(old, fd)
         os.close(old)
-    os.close(r)
-    os.close(w)
+    for fd in (stdin_file, r, w):
+        os.close(fd)
     return streams
 
 
@@ -598,7 +601,7 @@ def _become_job(fds, ready_w, rlimits, mounts, workdir, config) -> None:
     Everything here runs once per job in a fresh copy-on-write fork, where each first touch of
     a page costs a fault (~5 us here), so this path stays short: what is the same for every job
     (no_new_privs, the stdio objects) was set in the zygote before it forked."""
-    stdin_r, stdout_w, stderr_w, payload = fds
+    stdin, stdout_w, stderr_w, payload = fds
     try:
         if mounts is not None:
             # Its own mount and IPC namespaces (copies of the zygote's, made private there), a
@@ -613,7 +616,7 @@ def _become_job(fds, ready_w, rlimits, mounts, workdir, config) -> None:
         os.setsid()  # own session and process group: its kill(0, ...) reaches only itself
         code, names, contents = marshal.loads(
             os.pread(payload, os.lseek(payload, 0, os.SEEK_END), 0))
-        os.dup2(stdin_r, 0)
+        os.dup2(stdin, 0)
         os.dup2(stdout_w, 1)
         os.dup2(stderr_w, 2)
         # Only fds 0-2 and the set-up report stay open: not the control socket, the payload, or

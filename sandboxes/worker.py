@@ -6,6 +6,7 @@ thread-safe: the pool gives each worker to one thread.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import marshal
@@ -41,6 +42,8 @@ ANSWER_GRACE_S = 5.0
 # wake-up instead of one per write and end of file. A job that fills a pipe sooner waits at most
 # this long before the host starts reading along.
 QUIET_START_S = 0.005
+# Sealed memfds (a job's stdin, its program and files) can be read, never changed.
+_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 SANDBOX_PYTHON_PREFIX = "/opt/python"
 
 USERNS_ADVICE = (
@@ -195,6 +198,19 @@ def advice_for(stderr_text: str) -> str:
     return f"{message}. {USERNS_ADVICE}" if needs_userns else message
 
 
+def _sealed_memfd(name: str, data: bytes) -> int:
+    """An in-memory file holding `data`, positioned at its start, that nobody can modify."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        _worker.write_all(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _append_capped(buf: bytearray, chunk: bytes, cap: int) -> bool:
     """Append up to `cap` bytes in all; True when `chunk` did not fit (the cap is reached)."""
     if len(buf) + len(chunk) > cap:
@@ -324,24 +340,25 @@ class WorkerProcess:
     # -- talking --------------------------------------------------------------------------
     def run(self, code: str, stdin: bytes, limits: Limits, files: list[tuple[str, bytes]]
             ) -> SandboxResult:
-        """One job. We make its stdin/stdout/stderr pipes and a memfd with the program and its
-        files, and pass the job's ends to the zygote; from then on we feed stdin and read the
-        output ourselves (capped), so none of it passes through the sandbox's own processes,
-        while the zygote runs the job and reports how it ended."""
+        """One job. We make its stdin (a sealed memfd: read like `python solution.py < file`,
+        nothing to feed while it runs, and no writer whose end a fork elsewhere in this
+        process could keep open), its stdout/stderr pipes and a sealed memfd with the program
+        and its files, and pass them to the zygote; from then on we read the output ourselves
+        (capped), so none of it passes through the sandbox's own processes, while the zygote
+        runs the job and reports how it ended."""
         wire = limits.to_wire()
         deadline = time.monotonic() + limits.wall_s + ANSWER_GRACE_S
         payload = marshal.dumps((code.encode("utf-8", "surrogatepass"),
                                  tuple(name for name, _ in files), tuple(data for _, data in files)))
-        job_ends, host_ends = [], []
+        job_ends, host_ends = [], []  # [stdin, stdout_w, stderr_w, payload], [stdout_r, stderr_r]
         try:
             try:
-                for _ in range(3):  # stdin, stdout, stderr
+                job_ends.append(_sealed_memfd("sandbox-stdin", stdin))
+                for _ in range(2):  # stdout, stderr
                     read_end, write_end = os.pipe()
-                    job_ends.append(write_end if job_ends else read_end)
-                    host_ends.append(read_end if host_ends else write_end)
-                memfd = os.memfd_create("sandbox-job", os.MFD_CLOEXEC)
-                job_ends.append(memfd)
-                _worker.write_all(memfd, payload)
+                    host_ends.append(read_end)
+                    job_ends.append(write_end)
+                job_ends.append(_sealed_memfd("sandbox-job", payload))
                 try:
                     self._control.sendmsg([marshal.dumps({"limits": wire})], [
                         (socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", job_ends))])
@@ -350,11 +367,10 @@ class WorkerProcess:
             finally:
                 for fd in job_ends:  # the zygote has its own copies now
                     os.close(fd)
-            reply, stdout, stderr, limited = self._pump(stdin, host_ends, limits, deadline)
+            reply, stdout, stderr, limited = self._pump(*host_ends, limits, deadline)
         finally:
             for fd in host_ends:
-                if fd >= 0:
-                    os.close(fd)
+                os.close(fd)
         if reply.get("status") == "sandbox_error":
             detail = reply.get("detail", "worker reported a sandbox error")
             raise WorkerBroken(f"{detail}: {self._stderr_text()[-1500:]}")
@@ -367,28 +383,14 @@ class WorkerProcess:
         except (KeyError, TypeError, ValueError) as exc:
             raise WorkerBroken(f"malformed answer from worker: {reply!r} ({exc!r})") from None
 
-    def _pump(self, stdin: bytes, host_ends: list[int], limits: Limits, deadline: float):
-        """Feed stdin and collect stdout/stderr while the job runs, without ever blocking on a
-        full pipe, until the zygote's reply. At the output cap, ask the zygote to kill the job.
-        `host_ends` is [stdin_w, stdout_r, stderr_r]; a slot set to -1 is closed here."""
-        stdin_w, out_r, err_r = host_ends
+    def _pump(self, out_r: int, err_r: int, limits: Limits, deadline: float):
+        """Collect stdout/stderr while the job runs, without ever blocking on a full pipe, until
+        the zygote's reply. At the output cap, ask the zygote to kill the job."""
         cap = limits.max_output_bytes
         out = {out_r: bytearray(), err_r: bytearray()}
         control = self._control.fileno()
         poller = select.poll()
         poller.register(control, select.POLLIN)
-        # The pipe is empty: whatever fits goes in now, without waiting (all of a small stdin).
-        os.set_blocking(stdin_w, False)
-        stdin_view = memoryview(stdin)
-        try:
-            stdin_view = stdin_view[os.write(stdin_w, stdin_view[:1 << 16]):] if stdin_view else stdin_view
-        except BrokenPipeError:
-            stdin_view = stdin_view[:0]
-        if stdin_view:
-            poller.register(stdin_w, select.POLLOUT)
-        else:
-            os.close(stdin_w)
-            host_ends[0] = -1
         reply, limited, reading = None, False, False
         open_outputs = set()
         quiet_until = time.monotonic() + QUIET_START_S
@@ -403,22 +405,9 @@ class WorkerProcess:
                 for fd in open_outputs:
                     poller.register(fd, select.POLLIN)
             timeout = left if reading else min(left, quiet_until - now)
-            for fd, event in poller.poll(timeout * 1000):
+            for fd, _ in poller.poll(timeout * 1000):
                 if fd == control:
                     reply = self._read_reply()
-                elif fd == host_ends[0]:
-                    done = bool(event & (select.POLLERR | select.POLLHUP))
-                    if not done:
-                        try:
-                            stdin_view = stdin_view[os.write(fd, stdin_view[:1 << 16]):]
-                        except BlockingIOError:
-                            pass
-                        except BrokenPipeError:  # the program stopped reading: fine
-                            done = True
-                    if done or not stdin_view:
-                        poller.unregister(fd)
-                        os.close(fd)
-                        host_ends[0] = -1
                 elif fd in out and not limited:
                     chunk = os.read(fd, 1 << 16)
                     if not chunk:

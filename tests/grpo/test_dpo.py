@@ -273,3 +273,42 @@ def test_dpo_raises_held_out_margin_and_accuracy_in_every_format(tmp_path, micro
         assert results["hosted"]["after"][key] == pytest.approx(results["plain"]["after"][key], rel=1e-4, abs=1e-5)
         assert results["conversational"]["after"][key] == pytest.approx(results["plain"]["after"][key], rel=1e-2,
                                                                         abs=1e-3)
+
+
+def test_batched_dpo_loss_and_gradient_equal_a_naive_per_sequence_computation(micro_model_dir):
+    """The padded pair batch (prompt masked out, right padding, chosen rows then rejected rows) gives the
+    same sequence logprobs, DPO+RPO loss and parameter gradient as scoring every answer alone with a
+    plain log_softmax: guards the masking and padding the DPO update relies on."""
+    from grpo.dpo_losses import preference_loss
+    from grpo.models import load_model
+
+    pairs = random_pairs(6)
+    model = load_model(micro_model_dir, ModelConfig(), trainable=True)
+    model.train()
+    torch.manual_seed(0)
+    ref_c, ref_r = torch.randn(len(pairs)) - 20, torch.randn(len(pairs)) - 20
+
+    def answer_logp(prompt, answer):
+        ids = torch.tensor([prompt + answer])
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+        return logp[torch.arange(len(prompt) - 1, ids.shape[1] - 1), torch.tensor(answer)].sum()
+
+    def loss_of(c, r, lengths):
+        return preference_loss(c, r, ref_c, ref_r, beta=0.1, chosen_nll=-c / lengths, rpo_alpha=1.0)[0]
+
+    naive_c = torch.stack([answer_logp(p.prompt_ids, p.chosen_ids) for p in pairs])
+    naive_r = torch.stack([answer_logp(p.prompt_ids, p.rejected_ids) for p in pairs])
+    lengths = torch.tensor([len(p.chosen_ids) for p in pairs], dtype=torch.float32)
+    model.zero_grad()
+    loss_of(naive_c, naive_r, lengths).backward()
+    naive_grads = [p.grad.clone() for p in model.parameters()]
+
+    batch = pair_batch(pairs, pad_id=0)
+    sums, _ = sequence_logps(lambda ids, att: model(input_ids=ids, attention_mask=att).logits, batch)
+    b = len(pairs)
+    torch.testing.assert_close(sums[:b], naive_c.detach(), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(sums[b:], naive_r.detach(), atol=1e-4, rtol=1e-5)
+    model.zero_grad()
+    loss_of(sums[:b], sums[b:], batch["answer_lengths"][:b]).backward()
+    for got, want in zip((p.grad for p in model.parameters()), naive_grads):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)

@@ -26,7 +26,7 @@ from grpo.context import StageContext
 from grpo.data import DataError
 from grpo.dpo_losses import preference_loss
 from grpo.dpo_pairs import PairReport, build_verifier_pairs
-from grpo.engine import (TrainEngine, all_gather_objects, all_reduce_mean, barrier, device, latest_checkpoint,
+from grpo.engine import (TrainEngine, all_gather_objects, all_reduce_mean, barrier, device,
                          seed_everything)
 from grpo.metrics import progress, short
 from grpo.models import load_model
@@ -254,13 +254,9 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
     scorer = PairScorer(cfg, all_pairs, pad_id, dev, ref, ref_forward)
 
     start_step, position = 0, 0
-    tag = latest_checkpoint(ckpt_dir) if cfg.resume == "auto" else None
-    if cfg.resume not in ("auto", "never"):
-        ckpt_dir, tag = Path(cfg.resume).parent, Path(cfg.resume).name
-    if tag is not None:
-        state = engine.load_checkpoint(ckpt_dir, tag)
+    state = engine.resume(ckpt_dir, cfg.resume, "dpo")
+    if state is not None:
         start_step, position = state["step"], state["data_position"][dist.rank]
-        say(f"[dpo] resumed from checkpoint {ckpt_dir / tag} at step {start_step}", flush=True)
     stream = PromptStream(len(train_pairs), cfg.seed, dist.rank, dist.world_size, position)
     my_eval = eval_idx[dist.rank::dist.world_size]
     logger = ctx.log("dpo")

@@ -201,6 +201,20 @@ class TrainEngine:
             set_rng_state(client_state["rng"])
         return client_state
 
+    def resume(self, ckpt_dir: Path, resume: str, stage: str) -> dict | None:
+        """Restore the checkpoint `resume` asks for ("auto": the latest in `ckpt_dir`, if any; "never";
+        or a checkpoint directory), say so, and return its client state (step, data position, ...);
+        None when starting fresh."""
+        tag = latest_checkpoint(ckpt_dir) if resume == "auto" else None
+        if resume not in ("auto", "never"):
+            ckpt_dir, tag = Path(resume).parent, Path(resume).name
+        if tag is None:
+            return None
+        state = self.load_checkpoint(ckpt_dir, tag)
+        if is_main_process():
+            print(f"[{stage}] resumed from checkpoint {ckpt_dir / tag} at step {state['step']}", flush=True)
+        return state
+
     def save_pretrained(self, out_dir: Path, tokenizer=None) -> None:
         """A normal Hugging Face directory (rank 0 writes; all ranks must call under ZeRO-3)."""
         state = dict(self.named_weights()) if self.cfg.zero_stage == 3 else None

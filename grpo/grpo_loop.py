@@ -16,7 +16,7 @@ import torch
 
 from grpo.advantages import group_advantages
 from grpo.context import StageContext
-from grpo.engine import TrainEngine, all_reduce_mean, barrier, latest_checkpoint, seed_everything
+from grpo.engine import TrainEngine, all_reduce_mean, barrier, seed_everything
 from grpo.evaluation import evaluate
 from grpo.logprobs import entropy_from_logits, gather_logprobs
 from grpo.losses import policy_loss, soft_overlong_penalty
@@ -143,14 +143,9 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
     ref_forward = (lambda ids, att: ref_model(input_ids=ids, attention_mask=att, use_cache=False).logits)
 
     start_step, position = 0, 0
-    tag = latest_checkpoint(ckpt_dir) if cfg.resume == "auto" else None
-    if cfg.resume not in ("auto", "never"):
-        ckpt_dir, tag = Path(cfg.resume).parent, Path(cfg.resume).name
-    if tag is not None:
-        state = engine.load_checkpoint(ckpt_dir, tag)
+    state = engine.resume(ckpt_dir, cfg.resume, "grpo")
+    if state is not None:
         start_step, position = state["step"], state["data_position"][dist.rank]
-        if dist.is_main:
-            print(f"[grpo] resumed from checkpoint {ckpt_dir / tag} at step {start_step}", flush=True)
     stream = PromptStream(len(examples), cfg.seed, dist.rank, dist.world_size, position)
     push_s = rollout.push_weights(engine.named_weights())  # the engine may hold another stage's weights
 

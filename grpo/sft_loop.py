@@ -29,7 +29,7 @@ import torch
 
 from grpo.context import StageContext
 from grpo.data import DataError, train_eval_split, validate_rows
-from grpo.engine import TrainEngine, all_reduce_mean, barrier, is_main_process, latest_checkpoint, seed_everything
+from grpo.engine import TrainEngine, all_reduce_mean, barrier, is_main_process, seed_everything
 from grpo.logprobs import gather_logprobs
 from grpo.metrics import progress, short
 from grpo.models import load_model
@@ -283,15 +283,11 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
     dev = next(engine.module.parameters()).device
     stopper = EarlyStopping(s.patience, getattr(s, "min_delta", 0.0))
     start_step, position, stopped = 0, 0, False
-    tag = latest_checkpoint(ckpt_dir) if cfg.resume == "auto" else None
-    if cfg.resume not in ("auto", "never"):
-        ckpt_dir, tag = Path(cfg.resume).parent, Path(cfg.resume).name
-    if tag is not None:
-        state = engine.load_checkpoint(ckpt_dir, tag)
+    state = engine.resume(ckpt_dir, cfg.resume, "sft")
+    if state is not None:
         start_step, position = state["step"], state["data_position"][dist.rank]
         stopper = EarlyStopping(**state["early_stopping"])
         stopped = state.get("stopped", False)
-        say(f"[sft] resumed from checkpoint {ckpt_dir / tag} at step {start_step}", flush=True)
     stream = PromptStream(len(rows), cfg.seed, dist.rank, dist.world_size, position)
     logger = ctx.log("sft")
     evaluate = len(eval_demos) > 0

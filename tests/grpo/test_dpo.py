@@ -312,3 +312,35 @@ def test_batched_dpo_loss_and_gradient_equal_a_naive_per_sequence_computation(mi
     loss_of(sums[:b], sums[b:], batch["answer_lengths"][:b]).backward()
     for got, want in zip((p.grad for p in model.parameters()), naive_grads):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+
+
+def test_dpo_resume_continues_exactly_where_it_stopped(tmp_path, micro_model_dir, capsys):
+    """Stopped after step 3 of 6 and started again, DPO resumes from its checkpoint and its steps 4-6
+    have the losses of an uninterrupted run."""
+    from grpo import dpo_loop
+
+    pairs = write_pairs(tmp_path / "p.jsonl", "plain", letters_pairs(60, 1))
+
+    def losses(run_dir):  # [(step, loss)] in the order logged
+        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["loss"]) for r in rows if r.get("stage") == "dpo" and "loss" in r]
+
+    def train(name, max_steps=None, save_every=0):
+        cfg = dpo_config(tmp_path, name, pairs)
+        cfg.dpo.max_steps, cfg.dpo.save_every = max_steps, save_every
+        ctx = make_context(cfg, micro_model_dir)
+        dpo_loop.train(ctx, micro_model_dir)
+        ctx.close()
+        return cfg.run_dir
+
+    straight = dict(losses(train("straight")))
+    assert sorted(straight) == [1, 2, 3, 4, 5, 6]
+    first_part = losses(train("resumed", max_steps=3, save_every=3))
+    assert [step for step, _ in first_part] == [1, 2, 3]
+    capsys.readouterr()
+    run_dir = train("resumed", save_every=3)
+    assert "[dpo] resumed from checkpoint" in capsys.readouterr().out
+    second_part = losses(run_dir)[len(first_part):]
+    assert [step for step, _ in second_part] == [4, 5, 6]  # steps 1-3 were not trained again
+    for step, loss in second_part:
+        assert loss == pytest.approx(straight[step], rel=1e-5, abs=1e-6), step

@@ -54,13 +54,9 @@ class PairReport:
 
 def answer_key(score: Any, text: str) -> str:
     """What a completion answered, for counting equal wrong answers: the verifier's extraction when
-    it reports one (also inside a composite's per-verifier details), else the stripped text."""
-    info = getattr(score, "info", None) or {}
-    for source in (info, *[v for v in (info.get("details") or {}).values() if isinstance(v, dict)]):
-        for key in ("answer_key", "extracted"):
-            if source.get(key) not in (None, ""):
-                return str(source[key])
-    return text.strip()
+    it reports one (`Score.extracted_answer`), else the stripped text."""
+    extracted = score.extracted_answer() if hasattr(score, "extracted_answer") else None
+    return extracted if extracted is not None else text.strip()
 
 
 def choose_pair(completions: Sequence[Completion], scores: Sequence[Any], *, chosen_rule: str = "shortest",

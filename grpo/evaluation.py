@@ -13,16 +13,6 @@ from grpo.rollout import SamplingSpec, request_seed
 CORRECT = 1.0 - 1e-6  # a reward at least this counts as a correct answer
 
 
-def _answer_key(score) -> str | None:
-    # Verifiers put what they extracted into info; majority voting groups on it.
-    info = score.info or {}
-    for source in (info, *[v for v in (info.get("details") or {}).values() if isinstance(v, dict)]):
-        for key in ("answer_key", "extracted"):
-            if source.get(key) not in (None, ""):
-                return str(source[key])
-    return None
-
-
 def evaluate(rollout, verifier, examples: Sequence[Example], *, max_tokens: int, k: int = 0,
              temperature: float = 1.0, seed: int = 0, rank: int = 0, world_size: int = 1,
              batch_size: int = 256) -> dict:
@@ -52,7 +42,7 @@ def evaluate(rollout, verifier, examples: Sequence[Example], *, max_tokens: int,
                 correct = [s.reward >= CORRECT for s in group]
                 counts["pass_k"] += any(correct)
                 counts["mean_k"] += sum(correct) / k
-                keys = [_answer_key(s) for s in group]
+                keys = [s.extracted_answer() for s in group]
                 votes = Counter(key for key in keys if key is not None)
                 if votes:
                     top = votes.most_common(1)[0][0]

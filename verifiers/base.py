@@ -18,6 +18,16 @@ class Score:
     reward: float
     info: dict[str, Any] = field(default_factory=dict)
 
+    def extracted_answer(self) -> str | None:
+        """The answer the verifier read from the completion, for majority voting and for grouping equal
+        wrong answers: `info["answer_key"]` or `info["extracted"]`, also inside a composite verifier's
+        per-verifier `details`; None when no verifier reported one."""
+        for source in (self.info, *[v for v in (self.info.get("details") or {}).values() if isinstance(v, dict)]):
+            for key in ("answer_key", "extracted"):
+                if source.get(key) not in (None, ""):
+                    return str(source[key])
+        return None
+
 
 @runtime_checkable
 class Verifier(Protocol):

@@ -15,6 +15,7 @@ from grpo.preference_data import TokenizedPair
 from grpo.reference_cache import (cache_key, compute_reference_logps, load_or_compute, pair_batch,
                                   sequence_logps)
 from grpo.rollout import Completion, Group, SamplingSpec
+from verifiers.base import Score
 
 
 @pytest.fixture
@@ -26,19 +27,13 @@ def micro_model_dir(tiny_model_dir):
 # Verifier-built pairs
 
 
-@dataclass
-class FakeScore:
-    reward: float
-    info: dict
-
-
 def completions(*texts, truncated=()):
     return [Completion(text=t, token_ids=list(range(len(t))), logprobs=None, truncated=i in truncated)
             for i, t in enumerate(texts)]
 
 
 def scores(*answers_and_rewards):
-    return [FakeScore(r, {"details": {"math": {"extracted": a}}}) for a, r in answers_and_rewards]
+    return [Score(r, {"details": {"math": {"extracted": a}}}) for a, r in answers_and_rewards]
 
 
 def test_choice_rules():
@@ -79,7 +74,7 @@ class FakeRollout:
 
 class FakeVerifier:
     def score_batch(self, texts, rows):
-        return [FakeScore(1.0 if t.startswith("R") else 0.0, {"extracted": t}) for t in texts]
+        return [Score(1.0 if t.startswith("R") else 0.0, {"extracted": t}) for t in texts]
 
 
 @dataclass

@@ -255,3 +255,13 @@ def test_plugin_example_in_docs_works(tmp_path, monkeypatch):
     missing = composite.score("text", {})
     assert "KeyError" in missing.info["errors"]["KeywordVerifier"]
     sys.modules.pop("my_rewards", None)
+
+
+def test_score_extracted_answer_reads_composite_details():
+    from verifiers.base import Score
+
+    assert Score(1.0, {"extracted": "42"}).extracted_answer() == "42"
+    assert Score(0.0, {"details": {"math": {"extracted": "7"}, "format": {}}}).extracted_answer() == "7"
+    assert Score(0.0, {"answer_key": "x", "extracted": "y"}).extracted_answer() == "x"
+    assert Score(0.0, {"extracted": ""}).extracted_answer() is None
+    assert Score(0.0).extracted_answer() is None

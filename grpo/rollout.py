@@ -114,8 +114,9 @@ class VLLMRollout:
         greedy = spec.temperature == 0
         return SamplingParams(n=spec.n, temperature=spec.temperature, top_p=1.0 if greedy else spec.top_p,
                               top_k=-1 if greedy else spec.top_k, max_tokens=spec.max_tokens, seed=seed,
-                              # flat: one array per completion instead of a dict per token (cheaper)
-                              logprobs=0, flat_logprobs=True, skip_special_tokens=True)
+                              # flat: one array per completion instead of a dict per token; no incremental
+                              # detokenization (we stop on EOS only, never on strings): one batch_decode below
+                              logprobs=0, flat_logprobs=True, detokenize=False)
 
     def generate(self, prompts: Sequence[str], spec: SamplingSpec, seeds: Sequence[int]) -> list[Group]:
         params = [self._params(spec, s) for s in seeds]
@@ -124,6 +125,9 @@ class VLLMRollout:
             outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
         finally:
             torch.set_num_threads(self._train_threads)
+        # Decoded like HFRollout: the whole completion at once, special tokens dropped.
+        texts = iter(self.tokenizer.batch_decode([list(c.token_ids) for out in outputs for c in out.outputs],
+                                                 skip_special_tokens=True))
         groups = []
         for prompt, out in zip(prompts, outputs):
             group = Group(prompt=prompt, prompt_ids=list(out.prompt_token_ids))
@@ -135,7 +139,7 @@ class VLLMRollout:
                         lps = list(flat)
                     else:
                         lps = [step[tok].logprob for step, tok in zip(c.logprobs, c.token_ids)]
-                group.completions.append(Completion(text=c.text, token_ids=list(c.token_ids), logprobs=lps,
+                group.completions.append(Completion(text=next(texts), token_ids=list(c.token_ids), logprobs=lps,
                                                     truncated=c.finish_reason == "length"))
             groups.append(group)
         return groups

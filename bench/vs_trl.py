@@ -345,7 +345,7 @@ def our_dpo_overrides(b: DPOBench, name: str, runs_dir: Path, cache_dir: Path) -
         f"dpo.max_steps={b.steps}", f"dpo.batch_size={b.batch}", f"dpo.micro_batch_size={b.batch}",
         f"dpo.beta={b.beta}", "dpo.loss_type=sigmoid", "dpo.label_smoothing=0.0", f"dpo.max_seq_len={b.max_len}",
         f"dpo.optim.lr={b.lr}", "dpo.optim.warmup_steps=0", "dpo.optim.schedule=constant",
-        "dpo.optim.max_grad_norm=1.0", "dpo.optim.weight_decay=0.0", "dpo.precompute_reference=true",
+        "dpo.optim.max_grad_norm=1.0", "dpo.optim.weight_decay=0.0", "dpo.rpo_alpha=0.0", "dpo.precompute_reference=true",
         f"dpo.reference_cache_dir={cache_dir}", "dpo.eval_every=0", "dpo.save_every=0", "engine.zero_stage=0",
         "engine.precision=fp32", "model.dtype=float32", "model.gradient_checkpointing=false"]
 

@@ -137,6 +137,9 @@ class GRPOConfig:
     prompts_per_step: int = 16  # per rank; each gives group_size completions
     group_size: int = 8
     micro_batch_size: int = 16  # completions per forward/backward; gradient accumulation covers the rest
+    # Largest share of padding in one forward pass: a micro-batch sorted by length is split into passes
+    # that stay under it (one truncated answer no longer pads all the others). 1.0: one pass per micro-batch.
+    max_padding: float = 0.25
     num_iterations: int = 1  # updates per rollout batch (>1 keeps old-policy logprobs)
     optim: OptimConfig = field(default_factory=OptimConfig)
     # Advantages
@@ -375,6 +378,7 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     _check(g.prompts_per_step > 0, source, "grpo.prompts_per_step", "must be > 0")
     _check(g.group_size >= 2, source, "grpo.group_size", f"must be >= 2 (advantages compare within a group), got {g.group_size}")
     _check(g.micro_batch_size > 0, source, "grpo.micro_batch_size", "must be > 0")
+    _check(0.0 <= g.max_padding <= 1.0, source, "grpo.max_padding", "must be in [0, 1]")
     _check(g.num_iterations >= 1, source, "grpo.num_iterations", "must be >= 1")
     _validate_optim(g.optim, source, "grpo.optim")
     _one_of(g.advantage, ("grpo", "dr_grpo", "rloo"), source, "grpo.advantage")

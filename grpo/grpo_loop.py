@@ -110,11 +110,34 @@ def _score_groups(ctx: StageContext, groups: list[Group], rows: list[dict],
     return [[scores[i * G + j].reward for j in range(G)] for i in range(len(groups))]
 
 
+def _seq_len(s: Sample) -> int:
+    return len(s.prompt_ids) + len(s.completion_ids)
+
+
+def padding_buckets(samples: list[Sample], max_padding: float) -> list[list[Sample]]:
+    """Split a micro-batch into forward passes so that padding is at most `max_padding` of each pass's
+    [b, S] grid: one truncated completion would otherwise pad the whole micro-batch to max_tokens (on
+    the tiny model that made an update 4x slower). Sequences go in ascending length; a pass closes when
+    the next (longer) sequence would push its padding over the limit. 1.0: one pass per micro-batch."""
+    buckets: list[list[Sample]] = []
+    real = 0
+    for s in sorted(samples, key=_seq_len):
+        n = _seq_len(s)
+        if buckets and 1 - (real + n) / ((len(buckets[-1]) + 1) * n) <= max_padding:
+            buckets[-1].append(s)
+            real += n
+        else:
+            buckets.append([s])
+            real = n
+    return buckets
+
+
 def _micro_batches(samples: list[Sample], size: int, count: int) -> list[list[Sample]]:
     """`count` micro-batches (DeepSpeed's fixed accumulation count): the samples in the loss, `size` at a
     time, then one filler sample per remaining slot. Filler carries no gradient, so running it whole (half
     the batch when dynamic sampling comes up short) only burnt compute."""
-    real = [s for s in samples if s.in_loss]
+    # Sorted by length so that each micro-batch (and each forward pass in it, `padding_buckets`) pads little.
+    real = sorted((s for s in samples if s.in_loss), key=_seq_len)
     filler = [s for s in samples if not s.in_loss] or real[-1:]
     micro = [real[i:i + size] for i in range(0, len(real), size)]
     while len(micro) < count:
@@ -200,7 +223,9 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
         for s, a in zip(samples, adv.advantages.tolist()):
             s.advantage = a
         micro = _micro_batches(samples, g.micro_batch_size, n_micro)
-        tensors = [micro_batch_tensors(m, pad_id) for m in micro]
+        # [micro-batch][forward pass] -> tensors; one backward per micro-batch (DeepSpeed's count)
+        passes = [[micro_batch_tensors(b, pad_id) for b in padding_buckets(m, g.max_padding)] for m in micro]
+        tensors = [t for m in passes for t in m]
         loss_tokens = sum(int((t["mask"] & ~(t["truncated"][:, None] & g.overlong_filter)).sum()) for t in tensors)
         loss_seqs = sum(s.in_loss and not (g.overlong_filter and s.truncated) for s in samples)
 
@@ -221,29 +246,34 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
         engine.train()
         stats_acc: dict[str, float] = {}
         n_stat = max(sum(bool(t["mask"].any()) for t in tensors), 1)
-        mismatch, mismatch_n = 0.0, 0
+        mismatch = [0.0, 0]  # |trainer - sampler| logprob summed over loss tokens, and their count
+
+        def pass_loss(t: dict, it: int) -> torch.Tensor:
+            logps, ent = sequence_logprobs(engine.forward, t, temp, with_entropy=(it == 0))
+            loss, st = policy_loss(
+                logps, t.get("old_logprobs"), t["advantages"], t["mask"],
+                epsilon_low=g.epsilon_low, epsilon_high=g.epsilon_high, ratio_level=g.ratio_level,
+                aggregation=g.aggregation,
+                constant_normalizer=g.constant_normalizer or float(cfg.rollout.max_tokens),
+                batch_num_tokens=float(loss_tokens), batch_num_sequences=float(loss_seqs),
+                ref_logprobs=t.get("ref_logprobs"), beta=g.beta,
+                sampler_logprobs=t["sampler_logprobs"] if spec.temperature > 0 else None,
+                tis_level=None if g.tis_level == "none" else g.tis_level, tis_cap=g.tis_cap,
+                truncated=t["truncated"] if g.overlong_filter else None, entropy=ent)
+            if it == 0:
+                m = t["mask"]
+                mismatch[0] += float((logps.detach() - t["sampler_logprobs"]).abs()[m].sum())
+                mismatch[1] += int(m.sum())
+                for k, v in st.items():
+                    v = float(v)
+                    if math.isfinite(v) and bool(m.any()):  # filler-only passes: no stats
+                        stats_acc[k] = stats_acc.get(k, 0.0) + v / n_stat
+            return loss
+
         for it in range(g.num_iterations):
-            for t in tensors:
-                logps, ent = sequence_logprobs(engine.forward, t, temp, with_entropy=(it == 0))
-                loss, st = policy_loss(
-                    logps, t.get("old_logprobs"), t["advantages"], t["mask"],
-                    epsilon_low=g.epsilon_low, epsilon_high=g.epsilon_high, ratio_level=g.ratio_level,
-                    aggregation=g.aggregation,
-                    constant_normalizer=g.constant_normalizer or float(cfg.rollout.max_tokens),
-                    batch_num_tokens=float(loss_tokens), batch_num_sequences=float(loss_seqs),
-                    ref_logprobs=t.get("ref_logprobs"), beta=g.beta,
-                    sampler_logprobs=t["sampler_logprobs"] if spec.temperature > 0 else None,
-                    tis_level=None if g.tis_level == "none" else g.tis_level, tis_cap=g.tis_cap,
-                    truncated=t["truncated"] if g.overlong_filter else None, entropy=ent)
-                engine.backward(loss)
-                if it == 0:
-                    m = t["mask"]
-                    mismatch += float((logps.detach() - t["sampler_logprobs"]).abs()[m].sum())
-                    mismatch_n += int(m.sum())
-                    for k, v in st.items():
-                        v = float(v)
-                        if math.isfinite(v) and bool(t["mask"].any()):  # filler-only batches: no stats
-                            stats_acc[k] = stats_acc.get(k, 0.0) + v / n_stat
+            for micro_passes in passes:
+                # Each pass's loss is normalized by batch-wide counts, so their sum is this micro-batch's share.
+                engine.backward(sum(pass_loss(t, it) for t in micro_passes))
             step_stats = engine.step()
         engine.eval()
         timings["timing/update"] = time.perf_counter() - t0
@@ -261,7 +291,7 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
             "completions/mean_length": sum(lengths) / len(lengths), "completions/max_length": max(lengths),
             "completions/clipped_ratio": sum(s.truncated for s in samples) / len(samples),
             "sampling/rounds": rounds, "sampling/dropped_groups": len(dropped), "sampling/filler_groups": len(filler),
-            "sampler_logprob_diff": mismatch / max(mismatch_n, 1),
+            "sampler_logprob_diff": mismatch[0] / max(mismatch[1], 1),
             "tokens_per_second": gen_tokens / max(t_gen, 1e-9),
             **{f"rewards/{k}/mean": sum(v) / len(v) for k, v in per_verifier.items()},
             **{f"policy/{k}": v for k, v in stats_acc.items()}, **step_stats, **timings,

@@ -11,6 +11,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def clean_env() -> dict[str, str]:
+    """os.environ without the rendezvous variables an in-process test's init_distributed may have left."""
+    return {k: v for k, v in os.environ.items()
+            if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+
+
 @pytest.mark.slow
 def test_scaled_down_embedded_pipeline(tmp_path):
     overrides = [
@@ -24,9 +30,7 @@ def test_scaled_down_embedded_pipeline(tmp_path):
         "eval.num_problems=16", "eval.k=2", "metrics.progress_bar=false",
     ]
     cmd = [sys.executable, "-m", "grpo.cli", "run", str(REPO / "configs" / "tiny_arith.yaml"), *overrides]
-    # without the rendezvous variables an in-process test's init_distributed may have left behind
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env = clean_env()
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=1500, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     run_dir = tmp_path / "runs" / "tiny_arith"
@@ -49,3 +53,23 @@ def test_scaled_down_embedded_pipeline(tmp_path):
     assert again.returncode == 0, again.stderr[-4000:]
     for stage in ("sft", "dpo", "grpo"):
         assert f"stage {stage} already finished" in again.stdout
+
+
+@pytest.mark.slow
+def test_dpo_on_verifier_built_pairs_raises_greedy_accuracy(tmp_path):
+    """DPO with pairs the math verifier built from the model's own samples (the embedded config's DPO:
+    rpo_alpha 10, 3 epochs) after a short SFT. Greedy pass@1 on 300 held-out problems must rise by at
+    least 2 points; measured +5.0, +16.4 and +13.7 points with seeds 0, 1 and 2 (SFT ~0.31)."""
+    overrides = [
+        "name=dpo_gain", f"output_dir={tmp_path / 'runs'}", f"model.tiny_dir={tmp_path / 'tiny'}",
+        "stages=[sft,dpo]", "data.arithmetic.n_rl=2000", "data.arithmetic.n_eval=300", "eval.num_problems=300",
+        "sft.max_steps=300", "sft.eval_every=100", "sft.patience=0", "rollout.kv_cache_gb=0.25",
+        "metrics.progress_bar=false", "metrics.tensorboard=false",
+    ]
+    cmd = [sys.executable, "-m", "grpo.cli", "run", str(REPO / "configs" / "tiny_arith.yaml"), *overrides]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=1200, env=clean_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    stages = json.loads((tmp_path / "runs" / "dpo_gain" / "summary.json").read_text())["stages"]
+    sft, dpo = stages["sft"]["pass@1"], stages["dpo"]["pass@1"]
+    assert "verifier pairs:" in proc.stdout + proc.stderr
+    assert 0.05 < sft < 0.9 and dpo >= sft + 0.02, (sft, dpo)

@@ -170,18 +170,23 @@ class TrainEngine:
     def eval(self) -> None:
         self.ds.eval()
 
-    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Full (gathered) weights in the checkpoint naming vLLM expects, one tensor at a time."""
+    def named_weights(self, tied_copies: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+        """Full (gathered) weights in the checkpoint naming vLLM expects, one tensor at a time.
+        `tied_copies=False` names a tied weight once (lm_head = embeddings), as a checkpoint stores it."""
         module = self.module
         if self.cfg.zero_stage == 3:
             import deepspeed
 
-            # remove_duplicate=False: tied weights (lm_head = embeddings) must reach vLLM under both names.
-            for name, param in module.named_parameters(remove_duplicate=False):
+            # For the push a tied weight (lm_head = embeddings) must reach vLLM under both names.
+            for name, param in module.named_parameters(remove_duplicate=not tied_copies):
                 with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
                     yield name, param.detach().clone()
-            for name, buf in module.named_buffers():
-                yield name, buf.detach()
+            # Only the buffers a checkpoint holds: non-persistent ones (rotary inv_freq) are rebuilt by
+            # vLLM, whose loader rejects them by name.
+            for prefix, sub in module.named_modules():
+                for name, buf in sub.named_buffers(recurse=False):
+                    if name not in sub._non_persistent_buffers_set:
+                        yield f"{prefix}.{name}" if prefix else name, buf.detach()
         else:
             for name, tensor in module.state_dict().items():
                 yield name, tensor.detach()
@@ -217,7 +222,7 @@ class TrainEngine:
 
     def save_pretrained(self, out_dir: Path, tokenizer=None) -> None:
         """A normal Hugging Face directory (rank 0 writes; all ranks must call under ZeRO-3)."""
-        state = dict(self.named_weights()) if self.cfg.zero_stage == 3 else None
+        state = dict(self.named_weights(tied_copies=False)) if self.cfg.zero_stage == 3 else None
         if is_main_process():
             out_dir.mkdir(parents=True, exist_ok=True)
             self.module.save_pretrained(str(out_dir), state_dict=state, safe_serialization=True)

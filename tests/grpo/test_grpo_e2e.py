@@ -91,9 +91,11 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_ranks_zero2_weights_change_and_engine_stays_in_sync(tmp_path, model_dir):
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_two_ranks_zero_weights_change_and_engine_stays_in_sync(tmp_path, model_dir, zero_stage):
+    """ZeRO-3 also checks the push of partitioned weights: each rank gathers them for its engine."""
     cfg = write_config(tmp_path, model_dir)
-    run(grpo("train", str(cfg), "--nproc", "2", "engine.zero_stage=2"), tmp_path)
+    run(grpo("train", str(cfg), "--nproc", "2", f"engine.zero_stage={zero_stage}"), tmp_path)
     run_dir = tmp_path / "runs" / "e2e"
     rows = metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3]

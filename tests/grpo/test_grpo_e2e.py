@@ -131,14 +131,17 @@ def test_two_nodes_rendezvous_over_loopback(tmp_path, model_dir):
     assert all(r["sync/max_logprob_diff"] < 1e-4 for r in rows)
 
 
-def test_resume_matches_uninterrupted_run(tmp_path, model_dir):
+@pytest.mark.parametrize("zero_stage", [0, 3])
+def test_resume_matches_uninterrupted_run(tmp_path, model_dir, zero_stage):
+    """ZeRO-3 too: its checkpoint holds partitioned weights and optimizer states."""
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
-    temp = "rollout.temperature=0.8"  # logprobs are compared at a temperature other than 1 too
-    run(grpo("train", str(write_config(a, model_dir)), "grpo.steps=4", temp), a)
+    # logprobs are compared at a temperature other than 1 too
+    settings = ["rollout.temperature=0.8", f"engine.zero_stage={zero_stage}"]
+    run(grpo("train", str(write_config(a, model_dir)), "grpo.steps=4", *settings), a)
     cfg_b = write_config(b, model_dir)
-    run(grpo("train", str(cfg_b), "grpo.steps=2", temp), b)  # "interrupted" after step 2 (checkpoint saved)
-    out = run(grpo("train", str(cfg_b), "grpo.steps=4", temp), b)
+    run(grpo("train", str(cfg_b), "grpo.steps=2", *settings), b)  # "interrupted" after step 2 (checkpoint saved)
+    out = run(grpo("train", str(cfg_b), "grpo.steps=4", *settings), b)
     assert "resumed from checkpoint" in out.stdout + out.stderr and "at step 2" in out.stdout + out.stderr
     full = {r["step"]: r for r in metrics(a / "runs" / "e2e")}
     resumed = [r for r in metrics(b / "runs" / "e2e")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from grpo.config import RunConfig, check_hardware, gpu_features, ConfigError
+from grpo.config import RunConfig, check_hardware, check_training_precision, gpu_features, ConfigError
 
 
 def _model_note(cfg: RunConfig) -> str:
@@ -28,6 +28,8 @@ def check_config(cfg: RunConfig, source: str, hardware: bool = False) -> int:
     lines = [f"config {source}: ok (stages: {' -> '.join(cfg.stages)}, run dir {cfg.run_dir})"]
     try:
         lines.append("model: " + _model_note(cfg))
+        if cfg.stages:
+            check_training_precision(cfg, source)
         needs = gpu_features(cfg)
         if needs:
             lines.append("needs a CUDA GPU for: " + ", ".join(needs))

@@ -79,10 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "nproc", 1) > 1 and "LOCAL_RANK" not in os.environ:
         return _relaunch_distributed(args)
 
-    from grpo.config import check_hardware
+    from grpo.config import check_hardware, check_training_precision
 
     try:
         check_hardware(cfg, args.config)
+        if args.command != "eval":
+            check_training_precision(cfg, args.config)
     except ConfigError as exc:
         print(f"grpo: config error: {exc}", file=sys.stderr)
         return 2

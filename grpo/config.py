@@ -438,6 +438,18 @@ def gpu_features(cfg: RunConfig) -> list[str]:
                             ("engine.dist_backend=nccl", e.dist_backend == "nccl")) if on]
 
 
+def check_training_precision(cfg: RunConfig, source: str = "config") -> None:
+    """Refuse weight dtypes that cannot train well (evaluation may use any): weights loaded in 16 bits
+    need DeepSpeed's bf16 mode, which keeps fp32 master weights for AdamW; with precision fp32 the
+    optimizer would update 16-bit weights directly and small updates would vanish."""
+    _check(cfg.model.dtype != "bfloat16" or cfg.engine.precision == "bf16", source, "model.dtype",
+           "bfloat16 weights train only with engine.precision: bf16 (fp32 master weights); "
+           "or load float32 and let engine.precision: bf16 cast")
+    _check(cfg.model.dtype != "float16", source, "model.dtype",
+           "float16 training is not supported (no loss scaling); use bfloat16 with engine.precision: bf16 "
+           "(float16 is fine for `grpo eval`)")
+
+
 def check_hardware(cfg: RunConfig, source: str = "config") -> None:
     """Refuse GPU-only settings up front on a machine without CUDA, instead of failing deep inside
     DeepSpeed or vLLM. `grpo check` skips this so GPU configs can be validated anywhere."""

@@ -101,3 +101,20 @@ def test_unknown_solution_style_names_key(tmp_path):
     p = write(tmp_path, "data:\n  arithmetic:\n    solution_style: essay\n")
     with pytest.raises(ConfigError, match=r"data\.arithmetic\.solution_style.*columns"):
         load_config(p)
+
+
+def test_sixteen_bit_weights_train_only_with_bf16_master_weights(capsys):
+    from grpo.cli import main
+    from grpo.config import check_training_precision
+
+    check_training_precision(load_config(None, ["engine.precision=bf16", "model.dtype=bfloat16"]))
+    check_training_precision(load_config(None, ["engine.precision=bf16"]))  # fp32 load, DeepSpeed casts
+    with pytest.raises(ConfigError, match=r"key 'model\.dtype'.*engine\.precision: bf16"):
+        check_training_precision(load_config(None, ["model.dtype=bfloat16"]))  # precision fp32
+    with pytest.raises(ConfigError, match=r"key 'model\.dtype'.*float16 training is not supported"):
+        check_training_precision(load_config(None, ["engine.precision=bf16", "model.dtype=float16"]))
+    # `grpo check` refuses it, naming the key (on a GPU machine `grpo train` would too, before any work)
+    assert main(["check", "configs/tiny_arith.yaml", "model.dtype=bfloat16"]) == 2
+    out = capsys.readouterr()
+    assert "model.dtype" in out.out + out.err and "fp32 master weights" in out.out + out.err
+    assert main(["check", "configs/tiny_arith.yaml", "model.dtype=bfloat16", "engine.precision=bf16"]) == 0

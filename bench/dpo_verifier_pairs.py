@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -25,7 +24,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DIST_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
 
@@ -33,8 +31,10 @@ def evaluate(config: str, model: str, overrides: list[str], name: str) -> dict:
     """Greedy pass@1 of `model` with an engine built on it, in a fresh process."""
     cmd = [sys.executable, "-m", "grpo.cli", "eval", str(Path(config).resolve()), "--model", str(Path(model).resolve()),
            *overrides, f"name={name}", "eval.k=0"]
+    from grpo.engine import env_without_rendezvous
+
     # This process initialised torch.distributed (env vars, a bound port); the child starts its own.
-    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
+    env = env_without_rendezvous()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     out = "\n" + proc.stdout
     start = out.rfind("\n{")  # `grpo eval` ends by printing its result as indented JSON

@@ -30,6 +30,17 @@ class DistInfo:
         return self.rank == 0
 
 
+# What torch.distributed's rendezvous reads from the environment (and what init_distributed sets for a
+# plain single process).
+RENDEZVOUS_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def env_without_rendezvous(env: dict[str, str] | None = None) -> dict[str, str]:
+    """`env` (default os.environ) without the rendezvous variables: for a child process that must start
+    its own process group, not join (or reuse the port of) the one this process initialised."""
+    return {k: v for k, v in (os.environ if env is None else env).items() if k not in RENDEZVOUS_VARS}
+
+
 def init_distributed(cfg: EngineConfig) -> DistInfo:
     """Initialise torch.distributed once, also for a single process (vLLM's external_launcher
     executor and DeepSpeed both expect a process group). Launchers (torchrun, deepspeed) set the

@@ -1,20 +1,15 @@
 """The embedded default, scaled down: `grpo run configs/tiny_arith.yaml` with all three stages
 (SFT -> DPO with verifier-built pairs -> GRPO), a few steps each, as a user would launch it."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from grpo.engine import env_without_rendezvous  # an in-process test's init_distributed may have set them
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def clean_env() -> dict[str, str]:
-    """os.environ without the rendezvous variables an in-process test's init_distributed may have left."""
-    return {k: v for k, v in os.environ.items()
-            if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
 
 
 @pytest.mark.slow
@@ -30,7 +25,7 @@ def test_scaled_down_embedded_pipeline(tmp_path):
         "eval.num_problems=16", "eval.k=2", "metrics.progress_bar=false",
     ]
     cmd = [sys.executable, "-m", "grpo.cli", "run", str(REPO / "configs" / "tiny_arith.yaml"), *overrides]
-    env = clean_env()
+    env = env_without_rendezvous()
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=1500, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     run_dir = tmp_path / "runs" / "tiny_arith"
@@ -67,7 +62,7 @@ def test_dpo_on_verifier_built_pairs_raises_greedy_accuracy(tmp_path):
         "metrics.progress_bar=false", "metrics.tensorboard=false",
     ]
     cmd = [sys.executable, "-m", "grpo.cli", "run", str(REPO / "configs" / "tiny_arith.yaml"), *overrides]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=1200, env=clean_env())
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=1200, env=env_without_rendezvous())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     stages = json.loads((tmp_path / "runs" / "dpo_gain" / "summary.json").read_text())["stages"]
     sft, dpo = stages["sft"]["pass@1"], stages["dpo"]["pass@1"]

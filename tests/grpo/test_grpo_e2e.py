@@ -12,6 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from grpo.engine import env_without_rendezvous
+
 pytestmark = pytest.mark.slow
 
 HERE = Path(__file__).parent
@@ -64,13 +66,10 @@ metrics: {{tensorboard: false, progress_bar: false}}
     return path
 
 
-DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
 def child_env() -> dict:
     """This process's environment without the rendezvous variables an in-process test's
     `init_distributed` left behind (a child would otherwise reuse this process's port)."""
-    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env = env_without_rendezvous()
     env.update(PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1",
                TOKENIZERS_PARALLELISM="false")
     return env

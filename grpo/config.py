@@ -140,6 +140,12 @@ class GRPOConfig:
     # Largest share of padding in one forward pass: a micro-batch sorted by length is split into passes
     # that stay under it (one truncated answer no longer pads all the others). 1.0: one pass per micro-batch.
     max_padding: float = 0.25
+    # Run each group's prompt once, its completions after it under a tree attention mask (grpo.packing):
+    # the prompt's tokens go through the model once per group instead of once per completion. Needs SDPA or
+    # eager attention (flash-attention models fall back to padded rows, said at start). A group longer
+    # than shared_row_tokens is split into rows of at most that many tokens (the mask is [L, L] per row).
+    share_prompt: bool = True
+    shared_row_tokens: int = 4096
     num_iterations: int = 1  # updates per rollout batch (>1 keeps old-policy logprobs)
     optim: OptimConfig = field(default_factory=OptimConfig)
     # Advantages
@@ -202,6 +208,9 @@ class DPOConfig:
     batch_size: int = 16  # pairs per optimizer step (per rank)
     micro_batch_size: Optional[int] = None  # pairs per forward pass (default 8)
     max_seq_len: int = 512
+    # Run each pair's prompt once for both answers, under a tree attention mask (grpo.packing); needs SDPA or
+    # eager attention (flash-attention models fall back to padded rows, said at start).
+    share_prompt: bool = True
     # Reference logprobs computed once before training (and cached by a content key), so no
     # reference model is in memory while training; false keeps a live frozen reference.
     precompute_reference: bool = True
@@ -379,6 +388,7 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     _check(g.group_size >= 2, source, "grpo.group_size", f"must be >= 2 (advantages compare within a group), got {g.group_size}")
     _check(g.micro_batch_size > 0, source, "grpo.micro_batch_size", "must be > 0")
     _check(0.0 <= g.max_padding <= 1.0, source, "grpo.max_padding", "must be in [0, 1]")
+    _check(g.shared_row_tokens >= 1, source, "grpo.shared_row_tokens", "must be >= 1")
     _check(g.num_iterations >= 1, source, "grpo.num_iterations", "must be >= 1")
     _validate_optim(g.optim, source, "grpo.optim")
     _one_of(g.advantage, ("grpo", "dr_grpo", "rloo"), source, "grpo.advantage")

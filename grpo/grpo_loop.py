@@ -16,12 +16,14 @@ import torch
 
 from grpo.advantages import group_advantages
 from grpo.context import StageContext
-from grpo.engine import TrainEngine, all_reduce_mean, barrier, seed_everything
+from grpo.engine import TrainEngine, all_reduce_mean, barrier, device, seed_everything
 from grpo.evaluation import evaluate
 from grpo.logprobs import entropy_from_logits, gather_logprobs
 from grpo.losses import policy_loss, soft_overlong_penalty
 from grpo.metrics import progress, short
 from grpo.models import load_model
+from grpo.packing import pack_shared_prefix, packed_token_logprobs, uses_varlen_attention
+from grpo.reference_cache import to_device
 from grpo.rollout import Group, SamplingSpec, request_seed
 
 
@@ -66,13 +68,14 @@ def _pad(rows: list[list], value) -> torch.Tensor:
     return torch.tensor([r + [value] * (width - len(r)) for r in rows])
 
 
-def micro_batch_tensors(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded prompt+completion ids and, on the shifted grid [b, S-1] where position t
-    predicts token t+1, the completion mask and the sampler logprobs."""
+def micro_batch_tensors(samples: list[Sample], pad_id: int, shared_row_tokens: int = 0) -> dict[str, torch.Tensor]:
+    """On the shifted grid [b, S-1] where position t predicts token t+1: the completion mask, the sampler
+    logprobs, the advantages and truncation flags. The model's input is either right-padded
+    prompt+completion rows (input_ids, attention_mask [b, S]) or, with `shared_row_tokens` > 0, each
+    distinct prompt once with its completions after it (`packed`, see grpo.packing) plus the grid cell
+    (grid_rows, grid_cols [N]) of every packed completion token."""
     seqs = [s.prompt_ids + s.completion_ids for s in samples]
-    input_ids = _pad(seqs, pad_id)  # [b, S]
-    attention = _pad([[1] * len(x) for x in seqs], 0)  # [b, S]
-    width = input_ids.shape[1] - 1
+    width = max(len(x) for x in seqs) - 1
     mask = torch.zeros(len(samples), width, dtype=torch.bool)  # [b, S-1]
     sampler = torch.zeros(len(samples), width)
     for i, s in enumerate(samples):
@@ -81,19 +84,41 @@ def micro_batch_tensors(samples: list[Sample], pad_id: int) -> dict[str, torch.T
             mask[i, start:end] = True
         if s.sampler_logprobs is not None:
             sampler[i, start:end] = torch.tensor(s.sampler_logprobs)
-    return {"input_ids": input_ids, "attention_mask": attention, "mask": mask, "sampler_logprobs": sampler,
-            "advantages": torch.tensor([s.advantage for s in samples]),
-            "truncated": torch.tensor([s.truncated for s in samples])}
+    out = {"mask": mask, "sampler_logprobs": sampler, "advantages": torch.tensor([s.advantage for s in samples]),
+           "truncated": torch.tensor([s.truncated for s in samples])}
+    if shared_row_tokens <= 0 or any(not s.completion_ids for s in samples):
+        out["input_ids"] = _pad(seqs, pad_id)  # [b, S]
+        out["attention_mask"] = _pad([[1] * len(x) for x in seqs], 0)  # [b, S]
+        return out
+    by_prompt: dict[tuple[int, ...], list[int]] = {}  # equal prompts share one prefix, whatever group they came from
+    for i, s in enumerate(samples):
+        by_prompt.setdefault(tuple(s.prompt_ids), []).append(i)
+    order = [i for idx in by_prompt.values() for i in idx]  # packed sequence n is sample order[n]
+    packed = pack_shared_prefix([(list(k), [samples[i].completion_ids for i in idx]) for k, idx in by_prompt.items()],
+                                pad_id, shared_row_tokens)
+    out["packed"] = packed
+    out["grid_rows"] = torch.tensor(order)[packed.sequence]
+    out["grid_cols"] = torch.tensor([len(samples[i].prompt_ids) - 1 for i in order])[packed.sequence] + packed.offset
+    return out
 
 
-def sequence_logprobs(forward, batch: dict, temperature: float, with_entropy: bool = False):
-    """Trainer logprobs [b, S-1] of each next token (and entropies) under `forward`."""
+def sequence_logprobs(forward, batch: dict, temperature: float, with_entropy: bool = False,
+                      mask_dtype: torch.dtype = torch.float32):
+    """Trainer logprobs [b, S-1] of each next token (and entropies, without gradient) under `forward`;
+    packed batches fill the completion cells of the grid and leave the rest 0."""
+    temperature = max(temperature, 1e-6)
+    if "packed" in batch:
+        lp, ent = packed_token_logprobs(forward, batch["packed"], temperature=temperature,
+                                        with_entropy=with_entropy, dtype=mask_dtype)  # [N]
+        cells = (batch["grid_rows"], batch["grid_cols"])
+        logps = lp.new_zeros(batch["mask"].shape).index_put(cells, lp)
+        return logps, (None if ent is None else ent.new_zeros(batch["mask"].shape).index_put(cells, ent))
     logits = forward(batch["input_ids"], batch["attention_mask"])[:, :-1]  # [b, S-1, V]
-    logps = gather_logprobs(logits, batch["input_ids"][:, 1:], temperature=max(temperature, 1e-6))
+    logps = gather_logprobs(logits, batch["input_ids"][:, 1:], temperature=temperature)
     ent = None
     if with_entropy:
         with torch.no_grad():
-            ent = entropy_from_logits(logits.detach(), temperature=max(temperature, 1e-6))
+            ent = entropy_from_logits(logits.detach(), temperature=temperature)
     return logps, ent
 
 
@@ -132,12 +157,14 @@ def padding_buckets(samples: list[Sample], max_padding: float) -> list[list[Samp
     return buckets
 
 
-def _micro_batches(samples: list[Sample], size: int, count: int) -> list[list[Sample]]:
+def _micro_batches(samples: list[Sample], size: int, count: int, by_length: bool = True) -> list[list[Sample]]:
     """`count` micro-batches (DeepSpeed's fixed accumulation count): the samples in the loss, `size` at a
     time, then one filler sample per remaining slot. Filler carries no gradient, so running it whole (half
     the batch when dynamic sampling comes up short) only burnt compute."""
-    # Sorted by length so that each micro-batch (and each forward pass in it, `padding_buckets`) pads little.
-    real = sorted((s for s in samples if s.in_loss), key=_seq_len)
+    # Padded rows: sorted by length so that each micro-batch (and each forward pass in it, `padding_buckets`)
+    # pads little. Shared prompts: in group order, so that a group's completions share one prompt.
+    real = [s for s in samples if s.in_loss]
+    real = sorted(real, key=_seq_len) if by_length else real
     filler = [s for s in samples if not s.in_loss] or real[-1:]
     micro = [real[i:i + size] for i in range(0, len(real), size)]
     while len(micro) < count:
@@ -160,10 +187,17 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
     pad_id = ctx.tokenizer.pad_token_id
 
     model = load_model(init_model_path, cfg.model)
+    # Flash-attention kernels cannot take the tree mask that lets a group share its prompt.
+    shared_rows = g.shared_row_tokens if g.share_prompt and not uses_varlen_attention(model) else 0
+    if g.share_prompt and not shared_rows and dist.is_main:
+        print("[grpo] grpo.share_prompt: the model uses flash attention, which cannot take a tree mask; "
+              "training on padded rows", flush=True)
     engine = TrainEngine(model, cfg.engine, g.optim, total_steps=g.steps * g.num_iterations,
                          micro_batch_size=g.micro_batch_size, grad_accum=n_micro)
-    ref_model = load_model(init_model_path, cfg.model, trainable=False) if g.beta > 0 else None
-    ref_forward = (lambda ids, att: ref_model(input_ids=ids, attention_mask=att, use_cache=False).logits)
+    dev, mask_dtype = device(), next(engine.module.parameters()).dtype
+    ref_model = load_model(init_model_path, cfg.model, trainable=False).to(dev) if g.beta > 0 else None
+    ref_forward = (lambda ids, att, pos=None: ref_model(input_ids=ids, attention_mask=att, position_ids=pos,
+                                                        use_cache=False).logits)
 
     start_step, position = 0, 0
     state = engine.resume(ckpt_dir, cfg.resume, "grpo")
@@ -222,9 +256,11 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
                                scale=g.scale if g.advantage == "grpo" else "none")
         for s, a in zip(samples, adv.advantages.tolist()):
             s.advantage = a
-        micro = _micro_batches(samples, g.micro_batch_size, n_micro)
+        micro = _micro_batches(samples, g.micro_batch_size, n_micro, by_length=not shared_rows)
         # [micro-batch][forward pass] -> tensors; one backward per micro-batch (DeepSpeed's count)
-        passes = [[micro_batch_tensors(b, pad_id) for b in padding_buckets(m, g.max_padding)] for m in micro]
+        passes = [[to_device(micro_batch_tensors(m, pad_id, shared_rows), dev)] if shared_rows else
+                  [to_device(micro_batch_tensors(b, pad_id), dev) for b in padding_buckets(m, g.max_padding)]
+                  for m in micro]
         tensors = [t for m in passes for t in m]
         loss_tokens = sum(int((t["mask"] & ~(t["truncated"][:, None] & g.overlong_filter)).sum()) for t in tensors)
         loss_seqs = sum(s.in_loss and not (g.overlong_filter and s.truncated) for s in samples)
@@ -235,9 +271,9 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
         with torch.no_grad():
             for t in tensors:
                 if ref_model is not None:
-                    t["ref_logprobs"] = sequence_logprobs(ref_forward, t, temp)[0]
+                    t["ref_logprobs"] = sequence_logprobs(ref_forward, t, temp, mask_dtype=mask_dtype)[0]
                 if g.num_iterations > 1:
-                    t["old_logprobs"] = sequence_logprobs(engine.forward, t, temp)[0]
+                    t["old_logprobs"] = sequence_logprobs(engine.forward, t, temp, mask_dtype=mask_dtype)[0]
         timings["timing/logprob_passes"] = time.perf_counter() - t0
 
         # ---- update -----------------------------------------------------------------------------------
@@ -249,7 +285,7 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
         mismatch = [0.0, 0]  # |trainer - sampler| logprob summed over loss tokens, and their count
 
         def pass_loss(t: dict, it: int) -> torch.Tensor:
-            logps, ent = sequence_logprobs(engine.forward, t, temp, with_entropy=(it == 0))
+            logps, ent = sequence_logprobs(engine.forward, t, temp, with_entropy=(it == 0), mask_dtype=mask_dtype)
             loss, st = policy_loss(
                 logps, t.get("old_logprobs"), t["advantages"], t["mask"],
                 epsilon_low=g.epsilon_low, epsilon_high=g.epsilon_high, ratio_level=g.ratio_level,
@@ -322,9 +358,9 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
 def weight_sync_error(engine: TrainEngine, rollout, sample: Sample, pad_id: int) -> float:
     """Largest |engine logprob - trainer logprob| over one completion's tokens (temperature 1)."""
     engine_lps = torch.tensor(rollout.token_logprobs(sample.prompt_ids, sample.completion_ids))
-    t = micro_batch_tensors([sample], pad_id)
+    t = to_device(micro_batch_tensors([sample], pad_id), device())
     t["mask"][0, len(sample.prompt_ids) - 1:len(sample.prompt_ids) - 1 + len(sample.completion_ids)] = True
-    trainer_lps = sequence_logprobs(engine.forward, t, 1.0)[0][t["mask"]]
+    trainer_lps = sequence_logprobs(engine.forward, t, 1.0)[0][t["mask"]].cpu()
     return float((engine_lps - trainer_lps).abs().max()) if len(engine_lps) else 0.0
 
 

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import torch
 
 from grpo.logprobs import gather_logprobs
+from grpo.packing import PackedBatch, pack_shared_prefix, packed_token_logprobs
 from grpo.preference_data import TokenizedPair
 
 CACHE_FORMAT = 1
@@ -31,17 +32,24 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 # Sequence logprobs of pairs (shared by the reference pass and the DPO update)
 
 
-def pair_batch(pairs: Sequence[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded prompt+answer rows, the b chosen rows first, then the b rejected rows.
+def pair_batch(pairs: Sequence[TokenizedPair], pad_id: int, shared_row_tokens: int = 0) -> dict[str, torch.Tensor]:
+    """The b chosen sequences first, then the b rejected ones: answer_lengths [2b], real_tokens (int), and
 
-    input_ids, attention_mask [2b, S]; answer_mask [2b, S-1] on the shifted grid where position t
-    predicts token t+1; answer_lengths [2b]; real_tokens (int)."""
-    seqs, starts, lengths = [], [], []
+    - padded (shared_row_tokens = 0): right-padded prompt+answer rows input_ids, attention_mask [2b, S] and
+      answer_mask [2b, S-1] on the shifted grid where position t predicts token t+1;
+    - shared (> 0): `packed`, each pair's prompt once with both answers after it (grpo.packing), rows of
+      at most `shared_row_tokens`; packed sequence 2i is pair i's chosen answer, 2i+1 its rejected one."""
+    lengths = [len(p.chosen_ids) for p in pairs] + [len(p.rejected_ids) for p in pairs]
+    if shared_row_tokens > 0:
+        packed = pack_shared_prefix([(p.prompt_ids, [p.chosen_ids, p.rejected_ids]) for p in pairs], pad_id,
+                                    shared_row_tokens)
+        return {"packed": packed, "answer_lengths": torch.tensor(lengths, dtype=torch.float32),
+                "real_tokens": packed.real_tokens}
+    seqs, starts = [], []
     for answers in ([p.chosen_ids for p in pairs], [p.rejected_ids for p in pairs]):
         for p, ans in zip(pairs, answers):
             seqs.append(p.prompt_ids + ans)
             starts.append(len(p.prompt_ids))
-            lengths.append(len(ans))
     width = max(len(s) for s in seqs)
     input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -54,16 +62,22 @@ def pair_batch(pairs: Sequence[TokenizedPair], pad_id: int) -> dict[str, torch.T
             "answer_lengths": torch.tensor(lengths, dtype=torch.float32), "real_tokens": sum(len(s) for s in seqs)}
 
 
-def sequence_logps(forward: Callable, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed answer logprob [2b], token logprobs [2b, S-1] masked to the answers) under
-    `forward(input_ids, attention_mask) -> logits`."""
+def sequence_logps(forward: Callable, batch: dict,
+                   mask_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(summed answer logprob [2b], token logprobs [2b, S-1] masked to the answers; None when packed) under
+    `forward(input_ids, attention_mask[, position_ids]) -> logits`."""
+    if "packed" in batch:
+        packed = batch["packed"]
+        lp, _ = packed_token_logprobs(forward, packed, dtype=mask_dtype)  # [N]
+        sums = lp.new_zeros(packed.num_sequences).index_add(0, packed.sequence, lp)  # [2b], pair-interleaved
+        return torch.cat([sums[0::2], sums[1::2]]), None
     logits = forward(batch["input_ids"], batch["attention_mask"])[:, :-1]  # [2b, S-1, V]
     logps = gather_logprobs(logits, batch["input_ids"][:, 1:]) * batch["answer_mask"]  # [2b, S-1]
     return logps.sum(-1), logps
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return {k: v.to(device) if isinstance(v, (torch.Tensor, PackedBatch)) else v for k, v in batch.items()}
 
 
 def lockstep_chunks(items: Sequence, size: int, filler) -> list[tuple[list, bool]]:
@@ -93,17 +107,19 @@ class ReferenceLogps:
 @torch.no_grad()
 def compute_reference_logps(forward: Callable, pairs: Sequence[TokenizedPair], *, pad_id: int,
                             micro_batch_size: int, device: torch.device | None = None, rank: int = 0,
-                            world_size: int = 1) -> ReferenceLogps:
-    """One no-grad pass; each rank computes every world_size-th pair and all ranks get the whole."""
+                            world_size: int = 1, shared_row_tokens: int = 0,
+                            mask_dtype: torch.dtype = torch.float32) -> ReferenceLogps:
+    """One no-grad pass; each rank computes every world_size-th pair and all ranks get the whole.
+    `shared_row_tokens` > 0 runs each prompt once for both answers (`pair_batch`)."""
     from grpo.engine import all_gather_objects
 
     mine = list(range(rank, len(pairs), world_size))
     out: dict[int, tuple[float, float]] = {}
     for idx, filler in lockstep_chunks(mine, micro_batch_size, 0):
-        batch = pair_batch([pairs[i] for i in idx], pad_id)
+        batch = pair_batch([pairs[i] for i in idx], pad_id, shared_row_tokens)
         if device is not None:
             batch = to_device(batch, device)
-        sums, _ = sequence_logps(forward, batch)
+        sums, _ = sequence_logps(forward, batch, mask_dtype)
         if filler:
             continue
         sums = sums.float().cpu()

@@ -16,7 +16,6 @@ ranks (each micro-batch weighted by its share of tokens).
 """
 from __future__ import annotations
 
-import bisect
 import json
 import math
 import shutil
@@ -33,6 +32,7 @@ from grpo.engine import TrainEngine, all_reduce_mean, barrier, is_main_process, 
 from grpo.logprobs import gather_logprobs
 from grpo.metrics import progress, short
 from grpo.models import load_model
+from grpo.packing import block_causal_mask, pack, uses_varlen_attention  # noqa: F401 (re-exported)
 from grpo.preference_data import encode_prompt_answers
 from grpo.reference_cache import lockstep_chunks
 
@@ -71,27 +71,6 @@ def tokenize_demos(ds, ctx_cfg, tokenizer, max_seq_len: int, source: str = "sft 
 
 # ---------------------------------------------------------------------------------------------
 # Packing
-
-
-def pack(lengths: Sequence[int], max_len: int) -> list[list[int]]:
-    """Best-fit decreasing: indices of the items in each row, every row's total <= max_len."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    rows: list[list[int]] = []
-    spaces: list[tuple[int, int]] = []  # (room left, row), sorted
-    for i in order:
-        n = lengths[i]
-        if n > max_len:
-            raise ValueError(f"item {i} has {n} tokens, more than max_len={max_len}")
-        k = bisect.bisect_left(spaces, (n, -1))  # the fullest row that still fits
-        if k < len(spaces):
-            room, r = spaces.pop(k)
-        else:
-            r, room = len(rows), max_len
-            rows.append([])
-        rows[r].append(i)
-        if room - n > 0:
-            bisect.insort(spaces, (room - n, r))
-    return rows
 
 
 @dataclass
@@ -133,24 +112,6 @@ def collate(rows: Sequence[PackedRow], pad_id: int) -> dict[str, torch.Tensor]:
     target_mask = lm_t[:, 1:] & (seg_t[:, 1:] == seg_t[:, :-1])  # [B, L-1]
     return {"input_ids": torch.tensor(ids), "position_ids": torch.tensor(pos), "segment_ids": seg_t,
             "target_mask": target_mask, "real_tokens": int((seg_t >= 0).sum())}
-
-
-def block_causal_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """[B, L] segment ids -> [B, 1, L, L] additive mask: 0 where query i may see key j (same
-    segment, j <= i), the dtype's minimum elsewhere (the form eager and SDPA attention both take)."""
-    L = segment_ids.shape[1]
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, L, L]
-    causal = torch.ones(L, L, dtype=torch.bool, device=segment_ids.device).tril()
-    allowed = same & causal
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[:, None]
-
-
-def uses_varlen_attention(model: torch.nn.Module) -> bool:
-    """Flash-attention kernels take packed rows as position_ids (varlen) and no 4-D mask."""
-    impl = getattr(getattr(model, "config", None), "_attn_implementation", "") or ""
-    return "flash" in impl
 
 
 def packed_logprobs(forward: Callable, batch: dict, *, varlen: bool, dtype: torch.dtype) -> torch.Tensor:

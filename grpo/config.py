@@ -129,6 +129,9 @@ class EngineConfig:
     precision: str = "fp32"  # fp32 | bf16 (GPU)
     dist_backend: str = "auto"  # auto: nccl with CUDA, gloo otherwise
     offload_optimizer: bool = False
+    # ZeRO-3: parameters with fewer elements than this stay whole on every rank (DeepSpeed's
+    # stage3_param_persistence_threshold; None keeps its default, 1e5). 0 partitions every parameter.
+    zero3_persistence_threshold: Optional[int] = None
 
 
 @dataclass
@@ -139,6 +142,8 @@ class GRPOConfig:
     micro_batch_size: int = 16  # completions per forward/backward; gradient accumulation covers the rest
     # Largest share of padding in one forward pass: a micro-batch sorted by length is split into passes
     # that stay under it (one truncated answer no longer pads all the others). 1.0: one pass per micro-batch.
+    # Used only for padded rows (share_prompt off or flash attention), and not with ZeRO-3 on several ranks,
+    # which needs the same number of passes on every rank.
     max_padding: float = 0.25
     # Run each group's prompt once, its completions after it under a tree attention mask (grpo.packing):
     # the prompt's tokens go through the model once per group instead of once per completion. Needs SDPA or
@@ -379,6 +384,8 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
 
     e = cfg.engine
     _one_of(e.zero_stage, (0, 1, 2, 3), source, "engine.zero_stage")
+    _check(e.zero3_persistence_threshold is None or e.zero3_persistence_threshold >= 0, source,
+           "engine.zero3_persistence_threshold", "must be >= 0")
     _one_of(e.precision, ("fp32", "bf16"), source, "engine.precision")
     _one_of(e.dist_backend, ("auto", "nccl", "gloo"), source, "engine.dist_backend")
 

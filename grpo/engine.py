@@ -110,6 +110,8 @@ def deepspeed_config(cfg: EngineConfig, optim: OptimConfig, micro_batch_size: in
     if cfg.zero_stage == 3:
         # Weights are gathered for the vLLM push; keep the 16-bit copy consolidated on save.
         ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+        if cfg.zero3_persistence_threshold is not None:
+            ds["zero_optimization"]["stage3_param_persistence_threshold"] = cfg.zero3_persistence_threshold
     if cfg.offload_optimizer:
         ds["zero_optimization"]["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     return ds

@@ -195,6 +195,9 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
     engine = TrainEngine(model, cfg.engine, g.optim, total_steps=g.steps * g.num_iterations,
                          micro_batch_size=g.micro_batch_size, grad_accum=n_micro)
     dev, mask_dtype = device(), next(engine.module.parameters()).dtype
+    # ZeRO-3 gathers parameters collectively in every forward, so all ranks must run the same number of
+    # passes: one per micro-batch (padding buckets would differ from rank to rank and hang the step).
+    max_padding = 1.0 if cfg.engine.zero_stage == 3 and dist.world_size > 1 else g.max_padding
     ref_model = load_model(init_model_path, cfg.model, trainable=False).to(dev) if g.beta > 0 else None
     ref_forward = (lambda ids, att, pos=None: ref_model(input_ids=ids, attention_mask=att, position_ids=pos,
                                                         use_cache=False).logits)
@@ -259,7 +262,7 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
         micro = _micro_batches(samples, g.micro_batch_size, n_micro, by_length=not shared_rows)
         # [micro-batch][forward pass] -> tensors; one backward per micro-batch (DeepSpeed's count)
         passes = [[to_device(micro_batch_tensors(m, pad_id, shared_rows), dev)] if shared_rows else
-                  [to_device(micro_batch_tensors(b, pad_id), dev) for b in padding_buckets(m, g.max_padding)]
+                  [to_device(micro_batch_tensors(b, pad_id), dev) for b in padding_buckets(m, max_padding)]
                   for m in micro]
         tensors = [t for m in passes for t in m]
         loss_tokens = sum(int((t["mask"] & ~(t["truncated"][:, None] & g.overlong_filter)).sum()) for t in tensors)

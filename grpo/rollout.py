@@ -183,7 +183,10 @@ class HFRollout:
 
         self.cfg = cfg
         self.tokenizer = tokenizer
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).eval()
+        from grpo.engine import device
+
+        # On the training device: on a GPU machine the default (CPU) would sample on the CPU.
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).eval().to(device())
         self.model.requires_grad_(False)
         self.device = self.model.device
 

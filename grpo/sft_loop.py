@@ -34,7 +34,7 @@ from grpo.metrics import progress, short
 from grpo.models import load_model
 from grpo.packing import block_causal_mask, pack, uses_varlen_attention  # noqa: F401 (re-exported)
 from grpo.preference_data import encode_prompt_answers
-from grpo.reference_cache import lockstep_chunks
+from grpo.reference_cache import lockstep_chunks, to_device
 
 # Rows of one forward pass when the config does not say (sft.micro_batch_size).
 DEFAULT_MICRO_ROWS = 8
@@ -120,10 +120,6 @@ def packed_logprobs(forward: Callable, batch: dict, *, varlen: bool, dtype: torc
     mask = None if varlen else block_causal_mask(batch["segment_ids"].to(device), dtype)
     logits = forward(batch["input_ids"], mask, batch["position_ids"])[:, :-1]  # [B, L-1, V]
     return gather_logprobs(logits, batch["input_ids"][:, 1:])
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 # ---------------------------------------------------------------------------------------------

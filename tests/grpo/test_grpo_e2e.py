@@ -90,11 +90,19 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("zero_stage", [2, 3])
-def test_two_ranks_zero_weights_change_and_engine_stays_in_sync(tmp_path, model_dir, zero_stage):
-    """ZeRO-3 also checks the push of partitioned weights: each rank gathers them for its engine."""
+@pytest.mark.parametrize("zero_stage,padded", [(2, False), (3, False), (3, True)])
+def test_two_ranks_zero_weights_change_and_engine_stays_in_sync(tmp_path, model_dir, zero_stage, padded):
+    """ZeRO-3 also checks the push of partitioned weights: each rank gathers them for its engine. Padded rows
+    with max_padding 0 would split each rank's micro-batch into a different number of passes; under ZeRO-3
+    (collective parameter gathers in every forward) that must not happen, or the ranks wait on each other."""
     cfg = write_config(tmp_path, model_dir)
-    run(grpo("train", str(cfg), "--nproc", "2", f"engine.zero_stage={zero_stage}"), tmp_path)
+    # ZeRO-3 with threshold 0: every parameter partitioned and gathered in every forward (under the default
+    # threshold all of this tiny model's parameters would stay whole on each rank)
+    settings = [f"engine.zero_stage={zero_stage}"]
+    settings += ["engine.zero3_persistence_threshold=0"] if zero_stage == 3 else []
+    if padded:  # rank 0's micro-batch of 8 splits into 2 passes, rank 1's into 1, without the ZeRO-3 rule
+        settings += ["grpo.share_prompt=false", "grpo.max_padding=0.0", "grpo.micro_batch_size=8"]
+    run(grpo("train", str(cfg), "--nproc", "2", *settings), tmp_path, timeout=300)
     run_dir = tmp_path / "runs" / "e2e"
     rows = metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3]

@@ -140,11 +140,14 @@ def test_two_nodes_rendezvous_over_loopback(tmp_path, model_dir):
 
 @pytest.mark.parametrize("zero_stage", [0, 3])
 def test_resume_matches_uninterrupted_run(tmp_path, model_dir, zero_stage):
-    """ZeRO-3 too: its checkpoint holds partitioned weights and optimizer states."""
+    """ZeRO-3 too: its checkpoint holds partitioned weights and optimizer states. With a KL term (the
+    reference model's logprobs) and two updates per batch (old-policy logprobs), both through the
+    shared-prompt forward."""
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
     # logprobs are compared at a temperature other than 1 too
-    settings = ["rollout.temperature=0.8", f"engine.zero_stage={zero_stage}"]
+    settings = ["rollout.temperature=0.8", f"engine.zero_stage={zero_stage}", "grpo.beta=0.04",
+                "grpo.num_iterations=2"]
     run(grpo("train", str(write_config(a, model_dir)), "grpo.steps=4", *settings), a)
     cfg_b = write_config(b, model_dir)
     run(grpo("train", str(cfg_b), "grpo.steps=2", *settings), b)  # "interrupted" after step 2 (checkpoint saved)
@@ -158,7 +161,10 @@ def test_resume_matches_uninterrupted_run(tmp_path, model_dir, zero_stage):
         assert r["reward/mean"] == pytest.approx(ref["reward/mean"], abs=1e-6), r["step"]
         assert r["policy/pg_loss"] == pytest.approx(ref["policy/pg_loss"], abs=1e-5), r["step"]
         assert r["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-4), r["step"]
+        assert r["policy/kl"] == pytest.approx(ref["policy/kl"], abs=1e-6), r["step"]
         assert r["sampler_logprob_diff"] < 1e-4
+    # the policy leaves the reference: the KL term is live (0 at step 1, before any update)
+    assert full[1]["policy/kl"] == pytest.approx(0.0, abs=1e-6) and full[4]["policy/kl"] > 1e-6
 
 
 @pytest.fixture(scope="module")

@@ -123,7 +123,8 @@ def pack_shared_prefix(items: Sequence[tuple[list[int], Sequence[list[int]]]], p
     position_ids = torch.zeros((R, width), dtype=torch.long)
     segment_ids = torch.full((R, width), -1, dtype=torch.long)
     parent_ids = torch.full((R, width), -2, dtype=torch.long)
-    source, targets, sequence, offset = [], [], [], []
+    # per continuation n: (flat index of the position predicting each of its tokens, its tokens)
+    where: list[tuple[torch.Tensor, list[int]]] = [(torch.empty(0, dtype=torch.long), [])] * n_seq
     for r, unit_ids in enumerate(rows):
         at, seg = 0, 0
         for u in sorted(unit_ids):
@@ -141,15 +142,18 @@ def pack_shared_prefix(items: Sequence[tuple[list[int], Sequence[list[int]]]], p
                 segment_ids[r, at:at + C] = seg
                 parent_ids[r, at:at + C] = prompt_seg
                 # token t is predicted by the position before it: the prompt's last for t = 0
-                source += [prompt_last] + [r * width + at + t for t in range(C - 1)]
-                targets += cont
-                sequence += [n] * C
-                offset += list(range(C))
+                src = torch.arange(r * width + at - 1, r * width + at + C - 1)
+                src[0] = prompt_last
+                where[n] = (src, cont)
                 at, seg = at + C, seg + 1
-    order = sorted(range(len(sequence)), key=lambda k: (sequence[k], offset[k]))
-    pick = (lambda xs: torch.tensor([xs[k] for k in order], dtype=torch.long))
-    return PackedBatch(input_ids, position_ids, segment_ids, parent_ids, pick(source), pick(targets),
-                       pick(sequence), pick(offset), n_seq, sum(lengths))
+    lengths_by_seq = torch.tensor([len(t) for _, t in where], dtype=torch.long)
+    sequence = torch.repeat_interleave(torch.arange(n_seq), lengths_by_seq)
+    starts = torch.cumsum(lengths_by_seq, 0) - lengths_by_seq
+    offset = torch.arange(len(sequence)) - starts[sequence]
+    source = torch.cat([src for src, _ in where]) if n_seq else torch.empty(0, dtype=torch.long)
+    targets = torch.tensor([t for _, cont in where for t in cont], dtype=torch.long)
+    return PackedBatch(input_ids, position_ids, segment_ids, parent_ids, source, targets, sequence, offset, n_seq,
+                       sum(lengths))
 
 
 def tree_attention_mask(segment_ids: torch.Tensor, parent_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

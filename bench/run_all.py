@@ -54,6 +54,7 @@ def benches(work: Path, vs_trl_args: list[str]) -> list[Bench]:
         Bench("vs_trl", "bench/vs_trl.py", ["--markdown", str(md), "--json", str(js), *vs_trl_args],
               ["--markdown", str(md), "--json", str(js), "--repeats", "1", "--dpo-repeats", "1", *vs_trl_args],
               extra={"markdown": md, "json": js}),
+        Bench("shared_prompt", "bench/shared_prompt.py", [], ["--presets", "tiny", "--repeats", "3"]),
     ]
 
 
@@ -130,6 +131,19 @@ def vs_trl_section(b: Bench) -> tuple[list[str], str]:
     return lines, headline
 
 
+def shared_prompt_section(b: Bench) -> tuple[list[str], str]:
+    out = stdout_of(b)
+    lines = [ln for ln in out.splitlines() if ln.startswith(("|", "threads"))]
+    ratios = []
+    for ln in table_lines(out)[2:]:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        if len(cells) >= 7 and cells[0].startswith("tiny"):
+            ratios.append(cells[6])
+    headline = (f"tiny model, update vs padded rows: {', '.join(ratios)} (short answers, long prompt, long answers)"
+                if ratios else "see below")
+    return _with_blank_lines(lines), headline
+
+
 def _with_blank_lines(lines: list[str]) -> list[str]:
     """A blank line between a table and the text around it (markdown needs it)."""
     out: list[str] = []
@@ -158,9 +172,10 @@ def machine_line() -> str:
 
 
 def build_report(ran: list[Bench], quick: bool, started: str) -> tuple[str, list[str]]:
-    sections = {"sandbox": sandbox_section, "verifiers": verifiers_section, "vs_trl": vs_trl_section}
+    sections = {"sandbox": sandbox_section, "verifiers": verifiers_section, "vs_trl": vs_trl_section,
+                "shared_prompt": shared_prompt_section}
     titles = {"sandbox": "Sandbox executions per second", "verifiers": "Verifiers: ours vs math-verify",
-              "vs_trl": "Trainer: ours vs TRL"}
+              "vs_trl": "Trainer: ours vs TRL", "shared_prompt": "GRPO update: shared prompts vs padded rows"}
     summary = ["| benchmark | command | status | wall (s) | headline |", "|---|---|---|---:|---|"]
     body: list[str] = []
     vs_trl_lines: list[str] = []
@@ -193,7 +208,8 @@ def update_readme(lines: list[str], when: str) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--only", default="sandbox,verifiers,vs_trl", help="comma-separated: sandbox, verifiers, vs_trl")
+    ap.add_argument("--only", default="sandbox,verifiers,vs_trl,shared_prompt",
+                    help="comma-separated: sandbox, verifiers, vs_trl, shared_prompt")
     ap.add_argument("--quick", action="store_true", help="smaller sizes (fewer jobs, pairs and repeats)")
     ap.add_argument("--vs-trl-args", default="", help="extra arguments for bench/vs_trl.py, one quoted string")
     ap.add_argument("--output", default="bench/results.md")

@@ -146,9 +146,10 @@ class GRPOConfig:
     # which needs the same number of passes on every rank.
     max_padding: float = 0.25
     # Run each group's prompt once, its completions after it under a tree attention mask (grpo.packing):
-    # the prompt's tokens go through the model once per group instead of once per completion. Needs SDPA or
-    # eager attention (flash-attention models fall back to padded rows, said at start). A group longer
-    # than shared_row_tokens is split into rows of at most that many tokens (the mask is [L, L] per row).
+    # the prompt's tokens go through the model once per group instead of once per completion, where a cost
+    # model says that is cheaper than the extra masked attention (long answers after a short prompt keep
+    # their own rows). Needs SDPA or eager attention (flash-attention models fall back to padded rows, said
+    # at start). No row is longer than shared_row_tokens (the mask is [L, L] per row).
     share_prompt: bool = True
     shared_row_tokens: int = 4096
     num_iterations: int = 1  # updates per rollout batch (>1 keeps old-policy logprobs)

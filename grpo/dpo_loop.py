@@ -30,7 +30,7 @@ from grpo.engine import (TrainEngine, all_gather_objects, all_reduce_mean, barri
                          seed_everything)
 from grpo.metrics import progress, short
 from grpo.models import load_model
-from grpo.packing import uses_varlen_attention
+from grpo.packing import PromptSharing, attention_cost_ratio, uses_varlen_attention
 from grpo.preference_data import (TokenizedPair, fit_pair, load_preference_file, load_tokenized_pairs,
                                   save_tokenized_pairs, tokenize_pairs)
 from grpo.reference_cache import (ReferenceLogps, cache_file, cache_key, compute_reference_logps, load_or_compute,
@@ -146,15 +146,15 @@ class PairScorer:
     """Policy (and, live, reference) logprobs of micro-batches of pairs -> preference loss and stats."""
 
     def __init__(self, cfg, pairs: list[TokenizedPair], pad_id: int, dev: torch.device,
-                 ref: ReferenceLogps | None, ref_forward=None, shared_row_tokens: int = 0,
+                 ref: ReferenceLogps | None, ref_forward=None, sharing: PromptSharing | None = None,
                  mask_dtype: torch.dtype = torch.float32):
         self.p, self.pairs, self.pad_id, self.dev = cfg.dpo, pairs, pad_id, dev
         self.ref, self.ref_forward = ref, ref_forward
-        self.shared_row_tokens, self.mask_dtype = shared_row_tokens, mask_dtype
+        self.sharing, self.mask_dtype = sharing, mask_dtype
 
     def __call__(self, forward, idx: list[int]) -> tuple[torch.Tensor, dict[str, float], int]:
         p, b = self.p, len(idx)
-        batch = to_device(pair_batch([self.pairs[i] for i in idx], self.pad_id, self.shared_row_tokens), self.dev)
+        batch = to_device(pair_batch([self.pairs[i] for i in idx], self.pad_id, self.sharing), self.dev)
         sums, _ = sequence_logps(forward, batch, self.mask_dtype)  # [2b]
         ref_c = ref_r = None
         if self.ref_forward is not None:
@@ -237,8 +237,9 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
                          grad_accum=grad_accum)
     dev, mask_dtype = next(engine.module.parameters()).device, next(engine.module.parameters()).dtype
     # Each prompt once for both answers (tree mask); a pair always fits one row of 2 x max_seq_len tokens.
-    shared_rows = 2 * p.max_seq_len if p.share_prompt and not uses_varlen_attention(model) else 0
-    if p.share_prompt and not shared_rows:
+    sharing = (PromptSharing(2 * p.max_seq_len, attention_cost_ratio(model))
+               if p.share_prompt and not uses_varlen_attention(model) else None)
+    if p.share_prompt and sharing is None:
         say("[dpo] dpo.share_prompt: the model uses flash attention, which cannot take a tree mask; "
             "padded rows instead", flush=True)
     ref, ref_forward, ref_model = None, None, None
@@ -252,7 +253,7 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
             engine.eval()
             ref, hit = load_or_compute(path, key, len(all_pairs), lambda: compute_reference_logps(
                 engine.forward, all_pairs, pad_id=pad_id, micro_batch_size=micro, device=dev, rank=dist.rank,
-                world_size=dist.world_size, shared_row_tokens=shared_rows, mask_dtype=mask_dtype),
+                world_size=dist.world_size, sharing=sharing, mask_dtype=mask_dtype),
                 is_main=dist.is_main)
             engine.train()
             say(f"[dpo] reference logprobs {'read from' if hit else 'computed into'} {path} "
@@ -261,7 +262,7 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
             ref_model = load_model(init_model_path, cfg.model, trainable=False).to(device())
             ref_forward = (lambda ids, att, pos=None: ref_model(input_ids=ids, attention_mask=att, position_ids=pos,
                                                                 use_cache=False).logits)
-    scorer = PairScorer(cfg, all_pairs, pad_id, dev, ref, ref_forward, shared_rows, mask_dtype)
+    scorer = PairScorer(cfg, all_pairs, pad_id, dev, ref, ref_forward, sharing, mask_dtype)
 
     start_step, position = 0, 0
     state = engine.resume(ckpt_dir, cfg.resume, "dpo")

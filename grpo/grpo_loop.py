@@ -22,7 +22,8 @@ from grpo.logprobs import entropy_from_logits, gather_logprobs
 from grpo.losses import policy_loss, soft_overlong_penalty
 from grpo.metrics import progress, short
 from grpo.models import load_model
-from grpo.packing import pack_shared_prefix, packed_token_logprobs, uses_varlen_attention
+from grpo.packing import (PromptSharing, attention_cost_ratio, pack_shared_prefix, packed_token_logprobs,
+                          uses_varlen_attention)
 from grpo.reference_cache import to_device
 from grpo.rollout import Group, SamplingSpec, request_seed
 
@@ -68,10 +69,11 @@ def _pad(rows: list[list], value) -> torch.Tensor:
     return torch.tensor([r + [value] * (width - len(r)) for r in rows])
 
 
-def micro_batch_tensors(samples: list[Sample], pad_id: int, shared_row_tokens: int = 0) -> dict[str, torch.Tensor]:
+def micro_batch_tensors(samples: list[Sample], pad_id: int,
+                        sharing: PromptSharing | None = None) -> dict[str, torch.Tensor]:
     """On the shifted grid [b, S-1] where position t predicts token t+1: the completion mask, the sampler
     logprobs, the advantages and truncation flags. The model's input is either right-padded
-    prompt+completion rows (input_ids, attention_mask [b, S]) or, with `shared_row_tokens` > 0, each
+    prompt+completion rows (input_ids, attention_mask [b, S]) or, with `sharing`, each
     distinct prompt once with its completions after it (`packed`, see grpo.packing) plus the grid cell
     (grid_rows, grid_cols [N]) of every packed completion token."""
     seqs = [s.prompt_ids + s.completion_ids for s in samples]
@@ -86,7 +88,7 @@ def micro_batch_tensors(samples: list[Sample], pad_id: int, shared_row_tokens: i
             sampler[i, start:end] = torch.tensor(s.sampler_logprobs)
     out = {"mask": mask, "sampler_logprobs": sampler, "advantages": torch.tensor([s.advantage for s in samples]),
            "truncated": torch.tensor([s.truncated for s in samples])}
-    if shared_row_tokens <= 0 or any(not s.completion_ids for s in samples):
+    if sharing is None or any(not s.completion_ids for s in samples):
         out["input_ids"] = _pad(seqs, pad_id)  # [b, S]
         out["attention_mask"] = _pad([[1] * len(x) for x in seqs], 0)  # [b, S]
         return out
@@ -95,7 +97,7 @@ def micro_batch_tensors(samples: list[Sample], pad_id: int, shared_row_tokens: i
         by_prompt.setdefault(tuple(s.prompt_ids), []).append(i)
     order = [i for idx in by_prompt.values() for i in idx]  # packed sequence n is sample order[n]
     packed = pack_shared_prefix([(list(k), [samples[i].completion_ids for i in idx]) for k, idx in by_prompt.items()],
-                                pad_id, shared_row_tokens)
+                                pad_id, sharing.max_row_tokens, sharing.attention_cost)
     out["packed"] = packed
     out["grid_rows"] = torch.tensor(order)[packed.sequence]
     out["grid_cols"] = torch.tensor([len(samples[i].prompt_ids) - 1 for i in order])[packed.sequence] + packed.offset
@@ -188,8 +190,9 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
 
     model = load_model(init_model_path, cfg.model)
     # Flash-attention kernels cannot take the tree mask that lets a group share its prompt.
-    shared_rows = g.shared_row_tokens if g.share_prompt and not uses_varlen_attention(model) else 0
-    if g.share_prompt and not shared_rows and dist.is_main:
+    sharing = (PromptSharing(g.shared_row_tokens, attention_cost_ratio(model))
+               if g.share_prompt and not uses_varlen_attention(model) else None)
+    if g.share_prompt and sharing is None and dist.is_main:
         print("[grpo] grpo.share_prompt: the model uses flash attention, which cannot take a tree mask; "
               "training on padded rows", flush=True)
     engine = TrainEngine(model, cfg.engine, g.optim, total_steps=g.steps * g.num_iterations,
@@ -259,9 +262,9 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
                                scale=g.scale if g.advantage == "grpo" else "none")
         for s, a in zip(samples, adv.advantages.tolist()):
             s.advantage = a
-        micro = _micro_batches(samples, g.micro_batch_size, n_micro, by_length=not shared_rows)
+        micro = _micro_batches(samples, g.micro_batch_size, n_micro, by_length=sharing is None)
         # [micro-batch][forward pass] -> tensors; one backward per micro-batch (DeepSpeed's count)
-        passes = [[to_device(micro_batch_tensors(m, pad_id, shared_rows), dev)] if shared_rows else
+        passes = [[to_device(micro_batch_tensors(m, pad_id, sharing), dev)] if sharing else
                   [to_device(micro_batch_tensors(b, pad_id), dev) for b in padding_buckets(m, max_padding)]
                   for m in micro]
         tensors = [t for m in passes for t in m]

@@ -31,6 +31,13 @@ import torch
 from grpo.logprobs import entropy_from_logits, gather_logprobs
 
 
+@dataclass(frozen=True)
+class PromptSharing:
+    """How a loop shares prompts: rows of at most `max_row_tokens`, continuations grouped by `attention_cost`."""
+    max_row_tokens: int = 4096
+    attention_cost: float = 0.0  # rho (`attention_cost_ratio`); 0: share as many as fit a row
+
+
 @dataclass
 class PackedBatch:
     """Rows of shared-prefix units and, for every continuation token, where its predicting logit is."""
@@ -88,32 +95,56 @@ def uses_varlen_attention(model: torch.nn.Module) -> bool:
     return "flash" in impl
 
 
-def _units(prefix: list[int], continuations: Sequence[list[int]], first: int,
-           max_row_tokens: int) -> list[tuple[list[int], list[tuple[int, list[int]]]]]:
-    """Split one prompt's continuations into units of at most `max_row_tokens` tokens (prompt included);
-    a continuation too long to share a unit gets one of its own. Continuations keep their global numbers."""
+def attention_cost_ratio(model: torch.nn.Module) -> float:
+    """rho: attention FLOPs per (query, key) pair over linear-layer FLOPs per token, per layer: 4 h / (2 x the
+    layer's parameters). A row of L tokens costs ~ L + rho L^2 token-equivalents (masked pairs are computed
+    too). 0.00098 for the 128-wide tiny model, ~7e-5 for a 1.5B Qwen2."""
+    cfg = getattr(model, "config", None)
+    hidden, layers = getattr(cfg, "hidden_size", None), getattr(cfg, "num_hidden_layers", None)
+    if not hidden or not layers:
+        return 0.0
+    # ZeRO-3 leaves partitioned parameters empty on each rank; ds_numel is the full size
+    numel = sum(getattr(p, "ds_numel", p.numel()) for n, p in model.named_parameters()
+                if "embed" not in n and "lm_head" not in n)
+    return 2.0 * hidden * layers / max(numel, 1)
+
+
+def _units(prefix: list[int], continuations: Sequence[list[int]], first: int, max_row_tokens: int,
+           attention_cost: float = 0.0) -> list[tuple[list[int], list[tuple[int, list[int]]]]]:
+    """Split one prompt's continuations into units (the prompt + the continuations that share it).
+
+    A continuation of c tokens joins the current unit (prompt P, continuations S tokens so far) when that
+    costs less than a new unit with its own copy of the prompt: with a row of L tokens costing
+    L + rho L^2, joining adds c + rho ((P+S+c)^2 - (P+S)^2), a new unit costs (P+c) + rho (P+c)^2, so it
+    joins iff 2 rho c S <= P (1 + rho P). It never joins past `max_row_tokens` (the [L, L] mask's memory).
+    The first continuation always opens a unit. Continuations keep their global numbers."""
+    P = len(prefix)
     units: list[tuple[list[int], list[tuple[int, list[int]]]]] = []
-    size = max_row_tokens + 1  # forces a new unit first
+    shared = 0  # S: continuation tokens in the current unit
     for j, cont in enumerate(continuations):
-        if size + len(cont) > max_row_tokens:
+        c = len(cont)
+        costlier = 2 * attention_cost * c * shared > P * (1 + attention_cost * P)
+        if not units or P + shared + c > max_row_tokens or costlier:
             units.append((prefix, []))
-            size = len(prefix)
+            shared = 0
         units[-1][1].append((first + j, cont))
-        size += len(cont)
+        shared += c
     return units
 
 
 def pack_shared_prefix(items: Sequence[tuple[list[int], Sequence[list[int]]]], pad_id: int,
-                       max_row_tokens: int = 4096) -> PackedBatch:
+                       max_row_tokens: int = 4096, attention_cost: float = 0.0) -> PackedBatch:
     """`items`: (prompt ids, [continuation ids, ...]) pairs. Every continuation needs >= 1 token and every
-    prompt >= 1 token (the first continuation token is predicted from the prompt's last position)."""
+    prompt >= 1 token (the first continuation token is predicted from the prompt's last position).
+    `attention_cost` (rho, `attention_cost_ratio`) decides which continuations share a prompt (`_units`);
+    0 shares as many as fit `max_row_tokens`."""
     units, n_seq = [], 0
     for i, (prefix, conts) in enumerate(items):
         if not prefix:
             raise ValueError(f"item {i}: the prompt is empty (its last token predicts each continuation's first)")
         if any(len(c) == 0 for c in conts):
             raise ValueError(f"item {i}: a continuation is empty")
-        units += _units(list(prefix), conts, n_seq, max_row_tokens)
+        units += _units(list(prefix), conts, n_seq, max_row_tokens, attention_cost)
         n_seq += len(conts)
     lengths = [len(p) + sum(len(c) for _, c in cs) for p, cs in units]
     rows = pack(lengths, max(lengths, default=1)) if units else []

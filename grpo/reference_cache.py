@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import torch
 
 from grpo.logprobs import gather_logprobs
-from grpo.packing import PackedBatch, pack_shared_prefix, packed_token_logprobs
+from grpo.packing import PackedBatch, PromptSharing, pack_shared_prefix, packed_token_logprobs
 from grpo.preference_data import TokenizedPair
 
 CACHE_FORMAT = 1
@@ -32,17 +32,18 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 # Sequence logprobs of pairs (shared by the reference pass and the DPO update)
 
 
-def pair_batch(pairs: Sequence[TokenizedPair], pad_id: int, shared_row_tokens: int = 0) -> dict[str, torch.Tensor]:
+def pair_batch(pairs: Sequence[TokenizedPair], pad_id: int,
+               sharing: PromptSharing | None = None) -> dict[str, torch.Tensor]:
     """The b chosen sequences first, then the b rejected ones: answer_lengths [2b], real_tokens (int), and
 
-    - padded (shared_row_tokens = 0): right-padded prompt+answer rows input_ids, attention_mask [2b, S] and
+    - padded (no `sharing`): right-padded prompt+answer rows input_ids, attention_mask [2b, S] and
       answer_mask [2b, S-1] on the shifted grid where position t predicts token t+1;
-    - shared (> 0): `packed`, each pair's prompt once with both answers after it (grpo.packing), rows of
-      at most `shared_row_tokens`; packed sequence 2i is pair i's chosen answer, 2i+1 its rejected one."""
+    - shared: `packed`, each pair's prompt once with both answers after it when that is cheaper
+      (grpo.packing); packed sequence 2i is pair i's chosen answer, 2i+1 its rejected one."""
     lengths = [len(p.chosen_ids) for p in pairs] + [len(p.rejected_ids) for p in pairs]
-    if shared_row_tokens > 0:
+    if sharing is not None:
         packed = pack_shared_prefix([(p.prompt_ids, [p.chosen_ids, p.rejected_ids]) for p in pairs], pad_id,
-                                    shared_row_tokens)
+                                    sharing.max_row_tokens, sharing.attention_cost)
         return {"packed": packed, "answer_lengths": torch.tensor(lengths, dtype=torch.float32),
                 "real_tokens": packed.real_tokens}
     seqs, starts = [], []
@@ -107,16 +108,16 @@ class ReferenceLogps:
 @torch.no_grad()
 def compute_reference_logps(forward: Callable, pairs: Sequence[TokenizedPair], *, pad_id: int,
                             micro_batch_size: int, device: torch.device | None = None, rank: int = 0,
-                            world_size: int = 1, shared_row_tokens: int = 0,
+                            world_size: int = 1, sharing: PromptSharing | None = None,
                             mask_dtype: torch.dtype = torch.float32) -> ReferenceLogps:
     """One no-grad pass; each rank computes every world_size-th pair and all ranks get the whole.
-    `shared_row_tokens` > 0 runs each prompt once for both answers (`pair_batch`)."""
+    `sharing` runs each prompt once for both answers (`pair_batch`)."""
     from grpo.engine import all_gather_objects
 
     mine = list(range(rank, len(pairs), world_size))
     out: dict[int, tuple[float, float]] = {}
     for idx, filler in lockstep_chunks(mine, micro_batch_size, 0):
-        batch = pair_batch([pairs[i] for i in idx], pad_id, shared_row_tokens)
+        batch = pair_batch([pairs[i] for i in idx], pad_id, sharing)
         if device is not None:
             batch = to_device(batch, device)
         sums, _ = sequence_logps(forward, batch, mask_dtype)

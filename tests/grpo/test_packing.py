@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from grpo.grpo_loop import Sample, _micro_batches, micro_batch_tensors, sequence_logprobs
-from grpo.packing import pack_shared_prefix, tree_attention_mask
+from grpo.packing import PromptSharing, pack_shared_prefix, tree_attention_mask
 
 
 def test_layout_of_one_prompt_with_two_continuations():
@@ -90,7 +90,7 @@ def test_shared_prompt_logprobs_entropy_and_gradient_equal_padded_rows(tiny_mode
 
     def run(shared_rows):
         model.zero_grad()
-        t = micro_batch_tensors(samples, pad_id=0, shared_row_tokens=shared_rows)
+        t = micro_batch_tensors(samples, pad_id=0, sharing=PromptSharing(shared_rows) if shared_rows else None)
         assert ("packed" in t) == bool(shared_rows)
         logps, ent = sequence_logprobs(forward, t, 0.7, with_entropy=True)
         loss, _ = policy_loss(logps, None, t["advantages"], t["mask"], aggregation="token_mean",
@@ -135,7 +135,7 @@ def test_dpo_pairs_share_their_prompt_and_give_the_padded_sums(tiny_model_dir):
     forward = (lambda i, att, pos=None: model(input_ids=i, attention_mask=att, position_ids=pos,
                                               use_cache=False).logits)
     padded = pair_batch(pairs, pad_id=0)
-    shared = pair_batch(pairs, pad_id=0, shared_row_tokens=64)
+    shared = pair_batch(pairs, pad_id=0, sharing=PromptSharing(64))
     assert shared["real_tokens"] == sum(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
     assert torch.equal(shared["answer_lengths"], padded["answer_lengths"])  # chosen first, then rejected
     with torch.no_grad():
@@ -143,3 +143,30 @@ def test_dpo_pairs_share_their_prompt_and_give_the_padded_sums(tiny_model_dir):
         sums_shared, _ = sequence_logps(forward, shared)
     assert sums_padded.abs().min() > 1.0  # real sums of several tokens each
     assert torch.allclose(sums_shared, sums_padded, atol=1e-4)
+
+
+def test_a_continuation_shares_the_prompt_only_when_that_costs_less():
+    rho = 1 / 1024  # the tiny model's attention cost per key over its linear cost per token
+    # P = 20, eight answers of 28: the 8th joins with S = 196: 2 rho 28 196 = 10.7 <= P (1 + rho P) = 20.4
+    short = pack_shared_prefix([([1] * 20, [[2] * 28] * 8)], pad_id=0, attention_cost=rho)
+    assert short.input_ids.shape == (1, 20 + 8 * 28)
+    # P = 100, two answers of 400: 2 rho 400 400 = 312.5 > 100 (1 + rho 100) = 109.8: each gets its own prompt
+    # (one row of 900 would cost 900 + rho 900^2 = 1691 token-equivalents, two of 500 cost 2 x 744 = 1488)
+    long = pack_shared_prefix([([1] * 100, [[2] * 400] * 2)], pad_id=0, attention_cost=rho)
+    assert long.input_ids.shape == (2, 500)
+    assert long.targets.tolist() == [2] * 800 and long.sequence.tolist() == [0] * 400 + [1] * 400
+    # with no attention cost, every answer that fits the row budget shares
+    assert pack_shared_prefix([([1] * 100, [[2] * 400] * 2)], pad_id=0).input_ids.shape == (1, 900)
+
+
+def test_attention_cost_ratio_of_the_tiny_model(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from grpo.packing import attention_cost_ratio
+    from grpo.tiny_model import build_preset
+
+    model = AutoModelForCausalLM.from_pretrained(build_preset(tmp_path / "m", "tiny"))
+    # hidden 128, 3 layers; a layer: q, k, v, o 128 x 128 (+ 3 x 128 biases), MLP 3 x 128 x 512, two norms of
+    # 128: 262,784 parameters; with the final norm, 3 x 262,784 + 128 outside the embedding; rho = 2 h x layers
+    # over that: ~1/1027
+    assert attention_cost_ratio(model) == pytest.approx(2 * 128 * 3 / (3 * 262_784 + 128), rel=1e-9)

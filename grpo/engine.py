@@ -117,16 +117,6 @@ def deepspeed_config(cfg: EngineConfig, optim: OptimConfig, micro_batch_size: in
     return ds
 
 
-def adamw(params: list[torch.nn.Parameter], **kwargs) -> torch.optim.AdamW:
-    """torch's fused AdamW (one kernel for all parameters: 0.5 ms vs 2.4 ms per step on the 0.8M-parameter
-    tiny model on one CPU thread), or the default implementation where the fused one does not support the
-    parameters' device or dtype."""
-    try:
-        return torch.optim.AdamW(params, fused=True, **kwargs)
-    except (RuntimeError, ValueError):
-        return torch.optim.AdamW(params, **kwargs)
-
-
 class TrainEngine:
     """A DeepSpeed-wrapped model with its optimizer and schedule.
 
@@ -143,7 +133,7 @@ class TrainEngine:
         self.grad_accum = grad_accum
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = adamw(params, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim, total_steps))
         ds_cfg = deepspeed_config(engine_cfg, optim, micro_batch_size, grad_accum, world)
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(

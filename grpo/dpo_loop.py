@@ -235,7 +235,8 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
     model = load_model(init_model_path, cfg.model)
     engine = TrainEngine(model, cfg.engine, p.optim, total_steps=total_steps, micro_batch_size=micro,
                          grad_accum=grad_accum)
-    dev, mask_dtype = next(engine.module.parameters()).device, next(engine.module.parameters()).dtype
+    first = next(engine.module.parameters())
+    dev, mask_dtype = first.device, first.dtype
     # Each prompt once for both answers (tree mask); a pair always fits one row of 2 x max_seq_len tokens.
     sharing = (PromptSharing(2 * p.max_seq_len, attention_cost_ratio(model))
                if p.share_prompt and not uses_varlen_attention(model) else None)

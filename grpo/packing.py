@@ -79,14 +79,9 @@ def pack(lengths: Sequence[int], max_len: int) -> list[list[int]]:
 
 def block_causal_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """[B, L] segment ids -> [B, 1, L, L] additive mask: 0 where query i may see key j (same
-    segment, j <= i), the dtype's minimum elsewhere (the form eager and SDPA attention both take)."""
-    L = segment_ids.shape[1]
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, L, L]
-    causal = torch.ones(L, L, dtype=torch.bool, device=segment_ids.device).tril()
-    allowed = same & causal
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[:, None]
+    segment, j <= i), the dtype's minimum elsewhere (the form eager and SDPA attention both take).
+    The tree mask with no segment continuing another."""
+    return tree_attention_mask(segment_ids, torch.full_like(segment_ids, -2), dtype)
 
 
 def uses_varlen_attention(model: torch.nn.Module) -> bool:
@@ -189,12 +184,12 @@ def pack_shared_prefix(items: Sequence[tuple[list[int], Sequence[list[int]]]], p
 
 def tree_attention_mask(segment_ids: torch.Tensor, parent_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """[R, L] segments and parents -> [R, 1, L, L] additive mask: query i sees key j <= i of its own segment
-    or of its segment's parent (the prompt); padding sees only itself, so no query row is empty."""
+    or of its segment's parent (the prompt). Padding is a segment of its own (-1), so a padding query sees
+    itself and the padding before it: no query row is empty."""
     L = segment_ids.shape[1]
     q_seg, k_seg = segment_ids[:, :, None], segment_ids[:, None, :]  # [R, L, 1], [R, 1, L]
     causal = torch.ones(L, L, dtype=torch.bool, device=segment_ids.device).tril()
     allowed = causal & ((k_seg == q_seg) | (k_seg == parent_ids[:, :, None]))
-    allowed |= torch.eye(L, dtype=torch.bool, device=segment_ids.device)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[:, None]

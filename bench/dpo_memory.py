@@ -3,7 +3,7 @@
     python bench/dpo_memory.py                      # a ~57M-parameter model, 64 pairs, 4 steps
     python bench/dpo_memory.py --hidden 1024 --layers 12 --steps 2
 
-Each variant runs the real `grpo.dpo_loop.train` in a fresh process on the same locally built model
+Each variant runs the real `grpo.stages.dpo.train` in a fresh process on the same locally built model
 and the same preference file. The peak resident set size (VmHWM) is reset just before `train` is
 called and read when it returns, so the figure covers everything DPO does: loading the policy,
 the reference pass (precompute) or loading the reference model (live), and the training steps.
@@ -54,13 +54,13 @@ def write_pairs(path: Path, n: int, seed: int = 0) -> None:
 def child(args: argparse.Namespace) -> None:
     """One variant in this process; prints one JSON line."""
     from grpo.config import EngineConfig, RunConfig
-    from grpo.context import StageContext
-    from grpo.data import Splits
-    from grpo.engine import init_distributed
-    from grpo.models import load_tokenizer
-    from grpo.tasks.arithmetic import make_pools
+    from grpo.stages.context import StageContext
+    from grpo.data.rows import Splits
+    from grpo.runtime.engine import init_distributed
+    from grpo.runtime.models import load_tokenizer
+    from grpo.data.tasks.arithmetic import make_pools
 
-    from grpo import dpo_loop
+    from grpo.stages import dpo as dpo_loop
 
     work = Path(args.workdir)
     cfg = RunConfig(name=f"dpo_{args.child}", output_dir=str(work / "runs"), resume="never")
@@ -105,7 +105,7 @@ def main() -> int:
         child(args)
         return 0
 
-    from grpo.tiny_model import build_tiny_model, read_build_info
+    from grpo.runtime.tiny_model import build_tiny_model, read_build_info
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -128,7 +128,7 @@ def main() -> int:
             raise SystemExit(f"variant {variant} failed (exit {proc.returncode})")
         results[variant] = json.loads(lines[-1][len("RESULT "):])
         r = results[variant]
-        print(f"{variant:>10}: peak RSS {r['peak_mib']:7.0f} MiB during dpo_loop.train "
+        print(f"{variant:>10}: peak RSS {r['peak_mib']:7.0f} MiB during grpo.stages.dpo.train "
               f"(process at {r['rss_before_mib']:.0f} MiB before it; {r['wall_s']:.0f}s)", flush=True)
     pre, live = results["precompute"]["peak_mib"], results["live"]["peak_mib"]
     summary = {"num_parameters": n_params, "weights_mib": n_params * 4 / 2**20, "peak_precompute_mib": pre,

@@ -6,7 +6,7 @@ greedy pass@1 of the SFT and DPO models on the same held-out problems.
     python bench/dpo_verifier_pairs.py --sft-model runs/x/sft/final    # skip SFT, start DPO from this model
     python bench/dpo_verifier_pairs.py dpo.num_prompts=1024 dpo.optim.lr=5e-5   # any config override
 
-The stages run through the real pipeline (`grpo.pipeline.run`). Each model is then evaluated by
+The stages run through the real pipeline (`grpo.stages.pipeline.run`). Each model is then evaluated by
 `grpo eval` in its own process, with a rollout engine built on that model's own directory (greedy,
 `eval.num_problems` held-out problems, the configured verifier), so the figures do not depend on
 pushing weights into an engine built on another model. Printed at the end: pass@1 before and after
@@ -31,7 +31,7 @@ def evaluate(config: str, model: str, overrides: list[str], name: str) -> dict:
     """Greedy pass@1 of `model` with an engine built on it, in a fresh process."""
     cmd = [sys.executable, "-m", "grpo.cli", "eval", str(Path(config).resolve()), "--model", str(Path(model).resolve()),
            *overrides, f"name={name}", "eval.k=0"]
-    from grpo.engine import env_without_rendezvous
+    from grpo.runtime.distributed import env_without_rendezvous
 
     # This process initialised torch.distributed (env vars, a bound port); the child starts its own.
     env = env_without_rendezvous()
@@ -57,7 +57,7 @@ def main() -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    from grpo import pipeline
+    from grpo.stages import pipeline
     from grpo.config import load_config
 
     # Absolute paths: the evaluations run in child processes from the repository root.

@@ -5,7 +5,7 @@
 
 For each shape (prompt length P, completion length C, group size G, groups per micro-batch) the same
 random token ids go through the model as right-padded rows (one per completion) and as shared-prompt
-rows (grpo.packing: each prompt once, its completions after it, tree attention mask), with the cost model
+rows (grpo.algorithms.packing: each prompt once, its completions after it, tree attention mask), with the cost model
 that decides which completions share a prompt and without it (every completion of a group in one row),
 and the policy loss's backward runs. Ratios above 1 mean faster than padded rows. Completion lengths vary +-25% around C. Prints the median time of each, the token
 slots of each layout (rows x width), and the ratio. The model is a randomly initialised preset of the
@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 
-from grpo.grpo_loop import Sample, micro_batch_tensors, sequence_logprobs
-from grpo.losses import policy_loss
-from grpo.packing import PromptSharing, attention_cost_ratio
-from grpo.tiny_model import TINY_PRESETS, build_preset
+from grpo.stages.grpo import Sample, micro_batch_tensors, sequence_logprobs
+from grpo.algorithms.policy_losses import policy_loss
+from grpo.algorithms.packing import PromptSharing
+from grpo.runtime.attention import attention_cost_ratio
+from grpo.runtime.tiny_model import TINY_PRESETS, build_preset
 
 SHAPES = [  # (prompt tokens, mean completion tokens, group size, groups per micro-batch)
     (20, 28, 8, 8),     # the embedded arithmetic task

@@ -524,7 +524,7 @@ def _hash(obj: Any) -> str:
 
 def num_parameters(model_dir: str) -> int | None:
     """Parameter count from the tiny-model build record, else from the safetensors headers."""
-    from grpo.tiny_model import read_build_info
+    from grpo.runtime.tiny_model import read_build_info
 
     info = read_build_info(model_dir)
     if info:
@@ -543,7 +543,7 @@ def num_parameters(model_dir: str) -> int | None:
 
 
 def base_model(work: Path, preset: str) -> str:
-    from grpo.tiny_model import build_preset
+    from grpo.runtime.tiny_model import build_preset
 
     return str(build_preset(work / "models" / preset, preset))
 
@@ -556,7 +556,7 @@ def sft_model(work: Path, preset: str, steps: int, env: dict[str, str]) -> tuple
     from grpo.config import load_config
 
     resolved = load_config(BASE_CONFIG, overrides)
-    from grpo.tiny_model import read_build_info
+    from grpo.runtime.tiny_model import read_build_info
 
     key = _hash({"preset": preset, "build": read_build_info(base), "sft": asdict(resolved.sft),
                  "data": asdict(resolved.data), "seed": resolved.seed})
@@ -581,9 +581,9 @@ def grpo_prompts(b: GRPOBench, overrides: list[str]) -> list[dict]:
     """The prompts our GRPO run takes, in the order it takes them: the same config, the same prompt
     stream. TRL gets exactly these, unshuffled. Also checks that both chat-template paths give the same ids."""
     from grpo.config import load_config
-    from grpo.data import format_prompt, load_splits
-    from grpo.grpo_loop import PromptStream
-    from grpo.models import load_tokenizer
+    from grpo.data.rows import format_prompt, load_splits
+    from grpo.data.prompt_stream import PromptStream
+    from grpo.runtime.models import load_tokenizer
 
     cfg = load_config(BASE_CONFIG, overrides)
     rl = load_splits(cfg.data, cfg.seed).rl
@@ -618,7 +618,7 @@ def corrupt(answer: str, rng: random.Random) -> str:
 def write_pairs(path: Path, n: int, seed: int) -> Path:
     """Conversational preference pairs from the arithmetic task: chosen = the worked solution, rejected = the
     same working with a wrong final answer. Both systems read this very file."""
-    from grpo.tasks.arithmetic import generate_arithmetic
+    from grpo.data.tasks.arithmetic import generate_arithmetic
 
     ds = generate_arithmetic(n, seed=f"bench-dpo:{seed}")
     rng = random.Random(seed)

@@ -23,7 +23,7 @@ def _model_note(cfg: RunConfig) -> str:
 
 def check_config(cfg: RunConfig, source: str, hardware: bool = False) -> int:
     """Prints what was checked; returns a process exit code (0 ok, 2 problem)."""
-    from grpo.data import DataError, load_splits, validate_rows
+    from grpo.data.rows import DataError, load_splits, validate_rows
 
     lines = [f"config {source}: ok (stages: {' -> '.join(cfg.stages)}, run dir {cfg.run_dir})"]
     try:
@@ -60,7 +60,7 @@ def check_config(cfg: RunConfig, source: str, hardware: bool = False) -> int:
             lines.append(f"data: {len(splits.rl)} prompt rows, {len(splits.eval)} eval rows"
                          + (f", {len(splits.sft)} demonstrations" if splits.sft is not None else ""))
         if "dpo" in cfg.stages and cfg.dpo.pairs == "file":
-            from grpo.preference_data import load_preference_file
+            from grpo.data.preferences import load_preference_file
 
             pairs = load_preference_file(cfg.dpo.pairs_file)
             lines.append(f"dpo pairs: {len(pairs)} valid rows in {cfg.dpo.pairs_file}")

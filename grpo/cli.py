@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"grpo: config error: {exc}", file=sys.stderr)
         return 2
 
-    from grpo import pipeline
+    from grpo.stages import pipeline
 
     if args.command == "run":
         pipeline.run(cfg)

@@ -145,7 +145,7 @@ class GRPOConfig:
     # Used only for padded rows (share_prompt off or flash attention), and not with ZeRO-3 on several ranks,
     # which needs the same number of passes on every rank.
     max_padding: float = 0.25
-    # Run each group's prompt once, its completions after it under a tree attention mask (grpo.packing):
+    # Run each group's prompt once, its completions after it under a tree attention mask (grpo.algorithms.packing):
     # the prompt's tokens go through the model once per group instead of once per completion, where a cost
     # model says that is cheaper than the extra masked attention (long answers after a short prompt keep
     # their own rows). Needs SDPA or eager attention (flash-attention models fall back to padded rows, said
@@ -214,7 +214,7 @@ class DPOConfig:
     batch_size: int = 16  # pairs per optimizer step (per rank)
     micro_batch_size: Optional[int] = None  # pairs per forward pass (default 8)
     max_seq_len: int = 512
-    # Run each pair's prompt once for both answers, under a tree attention mask (grpo.packing); needs SDPA or
+    # Run each pair's prompt once for both answers, under a tree attention mask (grpo.algorithms.packing); needs SDPA or
     # eager attention (flash-attention models fall back to padded rows, said at start).
     share_prompt: bool = True
     # Reference logprobs computed once before training (and cached by a content key), so no

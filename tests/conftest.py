@@ -28,7 +28,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
     """Path to a 2-layer, 128-wide Qwen2 model with the project's char tokenizer (`micro` preset)."""
-    from grpo.tiny_model import TINY_PRESETS, build_tiny_model
+    from grpo.runtime.tiny_model import TINY_PRESETS, build_tiny_model
 
     out_dir = tmp_path_factory.mktemp("tiny_model") / "model"
     return build_tiny_model(out_dir, **TINY_PRESETS["micro"], seed=0, initializer_range=TEST_MODEL_INIT_STD)

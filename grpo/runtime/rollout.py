@@ -1,0 +1,243 @@
+"""Rollouts: G sampled completions per prompt, with the sampler's token logprobs.
+
+The only module that imports vLLM. Two backends behind one interface:
+- `VLLMRollout`: a vLLM engine colocated with each training rank (`external_launcher`), weights
+  pushed in after every optimizer step with `reload_weights` (the call that works on the CPU build,
+  DESIGN.md), optional sleep mode and tensor parallelism on GPUs.
+- `HFRollout`: transformers `generate` on a private copy of the policy, for machines without vLLM
+  and for exactness tests.
+Every request carries its own seed, so the same (seed, step, prompt) samples the same completions
+whatever happened before: that is what makes resumed runs match uninterrupted ones.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol, Sequence
+
+import torch
+
+from grpo.config import RolloutConfig
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    logprobs: list[float] | None  # sampler logprob of each generated token (temperature applied)
+    truncated: bool  # stopped by max_tokens, not by EOS/stop
+
+
+@dataclass
+class Group:
+    """All completions of one prompt."""
+
+    prompt: str
+    prompt_ids: list[int]
+    completions: list[Completion] = field(default_factory=list)
+
+
+@dataclass
+class SamplingSpec:
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_tokens: int = 256
+
+    @classmethod
+    def from_config(cls, cfg: RolloutConfig, n: int, **changes) -> "SamplingSpec":
+        spec = cls(n=n, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_tokens=cfg.max_tokens)
+        for k, v in changes.items():
+            setattr(spec, k, v)
+        return spec
+
+
+class Rollout(Protocol):
+    def generate(self, prompts: Sequence[str], spec: SamplingSpec, seeds: Sequence[int]) -> list[Group]: ...
+
+    def push_weights(self, named_weights: Iterable[tuple[str, torch.Tensor]]) -> float: ...
+
+    def token_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]: ...
+
+    def sleep(self) -> None: ...
+
+    def wake_up(self) -> None: ...
+
+
+class VLLMRollout:
+    def __init__(self, model_path: str, cfg: RolloutConfig, *, dtype: str = "float32",
+                 max_model_len: int | None = None):
+        # Colocated with a DeepSpeed rank in the same process (DESIGN.md): the engine core must not
+        # run in a separate process, and the executor reuses torch.distributed's groups.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        from vllm import LLM
+
+        kwargs = dict(model=model_path, dtype=dtype, enforce_eager=cfg.enforce_eager,
+                      gpu_memory_utilization=cfg.gpu_memory_utilization, tensor_parallel_size=cfg.tensor_parallel_size,
+                      seed=cfg.seed, logprobs_mode="processed_logprobs", enable_prefix_caching=True,
+                      # Seeded requests (our exact-resume guarantee) crash the CPU backend when a prompt's
+                      # prefill is split across steps ("CPU Generator does not use offset"): prefill whole.
+                      enable_chunked_prefill=False)
+        if torch.distributed.is_initialized():
+            kwargs["distributed_executor_backend"] = "external_launcher"
+        if cfg.enable_sleep_mode:
+            kwargs["enable_sleep_mode"] = True
+        if cfg.kv_cache_gb:
+            kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_gb * 1024**3)
+        if max_model_len or cfg.max_model_len:
+            kwargs["max_model_len"] = cfg.max_model_len or max_model_len
+        self.cfg = cfg
+        # On the CPU, vLLM drops torch to one thread and replaces torch.set_num_threads with a no-op
+        # for the whole process; the trainer shares this process and needs its threads back.
+        train_threads, set_threads = torch.get_num_threads(), torch.set_num_threads
+        self.llm = LLM(**kwargs)
+        torch.set_num_threads = set_threads
+        self._train_threads = train_threads
+        self._gen_threads = torch.get_num_threads()
+        torch.set_num_threads(train_threads)
+        self.tokenizer = self.llm.get_tokenizer()
+        self._asleep = False
+
+    def _params(self, spec: SamplingSpec, seed: int):
+        from vllm import SamplingParams
+
+        greedy = spec.temperature == 0
+        return SamplingParams(n=spec.n, temperature=spec.temperature, top_p=1.0 if greedy else spec.top_p,
+                              top_k=-1 if greedy else spec.top_k, max_tokens=spec.max_tokens, seed=seed,
+                              # flat: one array per completion instead of a dict per token; no incremental
+                              # detokenization (we stop on EOS only, never on strings): one batch_decode below
+                              logprobs=0, flat_logprobs=True, detokenize=False)
+
+    def generate(self, prompts: Sequence[str], spec: SamplingSpec, seeds: Sequence[int]) -> list[Group]:
+        params = [self._params(spec, s) for s in seeds]
+        torch.set_num_threads(self._gen_threads)
+        try:
+            outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
+        finally:
+            torch.set_num_threads(self._train_threads)
+        # Decoded like HFRollout: the whole completion at once, special tokens dropped.
+        texts = iter(self.tokenizer.batch_decode([list(c.token_ids) for out in outputs for c in out.outputs],
+                                                 skip_special_tokens=True))
+        groups = []
+        for prompt, out in zip(prompts, outputs):
+            group = Group(prompt=prompt, prompt_ids=list(out.prompt_token_ids))
+            for c in out.outputs:
+                lps = None
+                if c.logprobs is not None:
+                    flat = getattr(c.logprobs, "logprobs", None)  # FlatLogprobs: one entry per token at logprobs=0
+                    if flat is not None and list(c.logprobs.token_ids) == list(c.token_ids):
+                        lps = list(flat)
+                    else:
+                        lps = [step[tok].logprob for step, tok in zip(c.logprobs, c.token_ids)]
+                group.completions.append(Completion(text=next(texts), token_ids=list(c.token_ids), logprobs=lps,
+                                                    truncated=c.finish_reason == "length"))
+            groups.append(group)
+        return groups
+
+    def push_weights(self, named_weights: Iterable[tuple[str, torch.Tensor]]) -> float:
+        """Load the trainer's weights into the engine; returns seconds taken."""
+        t0 = time.perf_counter()
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(named_weights)})
+        # Cached KV blocks were computed with the old weights.
+        self.llm.reset_prefix_cache()
+        return time.perf_counter() - t0
+
+    def token_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
+        """Engine logprobs of a fixed completion (temperature 1), for sampler/trainer agreement checks."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0)
+        out = self.llm.generate([TokensPrompt(prompt_token_ids=list(prompt_ids) + list(completion_ids))], params,
+                                use_tqdm=False)[0]
+        ids = list(prompt_ids) + list(completion_ids)
+        lps = out.prompt_logprobs
+        return [lps[i][ids[i]].logprob for i in range(len(prompt_ids), len(ids))]
+
+    def sleep(self) -> None:
+        if self.cfg.enable_sleep_mode and not self._asleep:
+            self.llm.sleep(level=1)
+            self._asleep = True
+
+    def wake_up(self) -> None:
+        if self._asleep:
+            self.llm.wake_up()
+            self._asleep = False
+
+
+class HFRollout:
+    """transformers `generate` on a private copy of the policy (weights pushed like vLLM's)."""
+
+    def __init__(self, model_path: str, cfg: RolloutConfig, *, tokenizer, dtype: torch.dtype = torch.float32):
+        from transformers import AutoModelForCausalLM
+
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        from grpo.runtime.distributed import device
+
+        # On the training device: on a GPU machine the default (CPU) would sample on the CPU.
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).eval().to(device())
+        self.model.requires_grad_(False)
+        self.device = self.model.device
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], spec: SamplingSpec, seeds: Sequence[int]) -> list[Group]:
+        tok = self.tokenizer
+        groups = []
+        eos = tok.eos_token_id
+        for prompt, seed in zip(prompts, seeds):
+            prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+            inputs = torch.tensor([prompt_ids], device=self.device)
+            torch.manual_seed(seed)
+            greedy = spec.temperature == 0
+            gen_kwargs = dict(max_new_tokens=spec.max_tokens, num_return_sequences=spec.n, do_sample=not greedy,
+                              output_scores=True, return_dict_in_generate=True, pad_token_id=tok.pad_token_id,
+                              eos_token_id=eos, attention_mask=torch.ones_like(inputs))
+            if not greedy:
+                gen_kwargs.update(temperature=spec.temperature, top_p=spec.top_p,
+                                  top_k=spec.top_k if spec.top_k > 0 else 0)
+            out = self.model.generate(inputs, **gen_kwargs)
+            seqs = out.sequences[:, len(prompt_ids):]  # [n, T_new]
+            # scores are the processed logits (temperature/top-k/top-p applied), like vLLM's processed logprobs
+            logps = torch.stack([torch.log_softmax(s.float(), dim=-1) for s in out.scores], dim=1)  # [n, T_new, V]
+            group = Group(prompt=prompt, prompt_ids=list(prompt_ids))
+            for row, lp_row in zip(seqs, logps):
+                ids = row.tolist()
+                finished = eos in ids
+                if finished:
+                    ids = ids[: ids.index(eos) + 1]
+                else:
+                    ids = [t for t in ids if t != tok.pad_token_id] if tok.pad_token_id != eos else ids
+                lps = [lp_row[i, t].item() for i, t in enumerate(ids)]
+                text = tok.decode(ids, skip_special_tokens=True)
+                group.completions.append(Completion(text=text, token_ids=ids, logprobs=lps, truncated=not finished))
+            groups.append(group)
+        return groups
+
+    def push_weights(self, named_weights: Iterable[tuple[str, torch.Tensor]]) -> float:
+        t0 = time.perf_counter()
+        self.model.load_state_dict(dict(named_weights), strict=False)
+        return time.perf_counter() - t0
+
+    @torch.no_grad()
+    def token_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
+        ids = torch.tensor([list(prompt_ids) + list(completion_ids)], device=self.device)
+        logits = self.model(ids).logits[0, len(prompt_ids) - 1:-1].float()
+        return torch.log_softmax(logits, -1).gather(-1, ids[0, len(prompt_ids):, None]).squeeze(-1).tolist()
+
+    def sleep(self) -> None:
+        pass
+
+    def wake_up(self) -> None:
+        pass
+
+
+def create_rollout(cfg: RolloutConfig, model_path: str, *, tokenizer, dtype: str = "float32",
+                   max_model_len: int | None = None) -> Rollout:
+    if cfg.backend == "vllm":
+        return VLLMRollout(model_path, cfg, dtype=dtype, max_model_len=max_model_len)
+    from grpo.runtime.models import DTYPES
+
+    return HFRollout(model_path, cfg, tokenizer=tokenizer, dtype=DTYPES[dtype])

@@ -1,0 +1,81 @@
+"""What the stages share in one process: the config, the rank, the run directory, the tokenizer,
+the data splits, the verifier, one metrics log, and one rollout engine (built on first use and
+reused by every later stage: its weights are pushed in, it is never rebuilt)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grpo.config import RunConfig
+from grpo.data.rows import Example, Splits, to_examples
+from grpo.runtime.distributed import DistInfo
+from grpo.metrics import MetricsLogger
+
+
+@dataclass
+class StageContext:
+    cfg: RunConfig
+    dist: DistInfo
+    run_dir: Path
+    base_model_path: str  # the model the run started from (the rollout engine is built on it)
+    tokenizer: Any
+    splits: Splits
+    _rollout: Any = None
+    _verifier: Any = None
+    _loggers: dict = field(default_factory=dict)
+    _examples: dict = field(default_factory=dict)
+
+    def log(self, stage: str) -> MetricsLogger:
+        if stage not in self._loggers:
+            m = self.cfg.metrics
+            self._loggers[stage] = MetricsLogger(self.run_dir, stage=stage, tensorboard=m.tensorboard,
+                                                 wandb_project=m.wandb_project, run_name=self.cfg.name,
+                                                 enabled=self.dist.is_main)
+        return self._loggers[stage]
+
+    @property
+    def show_progress(self) -> bool:
+        return self.cfg.metrics.progress_bar and self.dist.is_main
+
+    def examples(self, split: str) -> list[Example]:
+        """Prompts of a split ("rl" or "eval") with the chat template applied, validated once."""
+        if split not in self._examples:
+            ds = getattr(self.splits, split)
+            source = (self.cfg.data.eval_source or self.cfg.data.source) if split == "eval" else self.cfg.data.source
+            self._examples[split] = to_examples(ds, self.cfg.data, self.tokenizer, source=source)
+        return self._examples[split]
+
+    @property
+    def rollout(self):
+        if self._rollout is None:
+            from grpo.runtime.rollout import create_rollout
+
+            max_len = self.cfg.data.max_prompt_tokens + self.cfg.rollout.max_tokens
+            max_pos = getattr(self.tokenizer, "model_max_length", None)
+            if isinstance(max_pos, int) and max_pos < 10**6:
+                max_len = min(max_len, max_pos)
+            self._rollout = create_rollout(self.cfg.rollout, self.base_model_path, tokenizer=self.tokenizer,
+                                           dtype=self.cfg.model.dtype, max_model_len=max_len)
+        return self._rollout
+
+    @property
+    def verifier(self):
+        if self._verifier is None:
+            import verifiers
+
+            specs = []
+            for spec in self.cfg.verifiers:
+                options = dict(spec.options)
+                if spec.name == "code":
+                    options.setdefault("limits", self.cfg.verify.sandbox)
+                specs.append({"name": spec.name, "weight": spec.weight, **options})
+            self._verifier = verifiers.build(specs, workers=self.cfg.verify.workers,
+                                             timeout_s=self.cfg.verify.timeout_s)
+        return self._verifier
+
+    def close(self) -> None:
+        for logger in self._loggers.values():
+            logger.close()
+        if self._verifier is not None:
+            self._verifier.close()

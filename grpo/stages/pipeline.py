@@ -1,0 +1,115 @@
+"""The pipeline: run the configured stages in order (sft -> dpo -> grpo), each starting from the
+previous stage's model, evaluating after each one with the shared rollout engine, and writing the
+run directory: config.yaml, metrics.jsonl, summary.json, plots, checkpoints, final models."""
+from __future__ import annotations
+
+import json
+import time
+
+from grpo.config import RunConfig, save_resolved
+from grpo.stages.context import StageContext
+from grpo.data.rows import load_splits
+from grpo.runtime.distributed import barrier, seed_everything
+from grpo.runtime.engine import init_distributed
+from grpo.runtime.models import load_tokenizer, load_weights, resolve_model_path
+from grpo.stages.evaluation import run_eval
+
+
+def _stage_module(stage: str):
+    if stage == "sft":
+        from grpo.stages import sft as module
+    elif stage == "dpo":
+        from grpo.stages import dpo as module
+    else:
+        from grpo.stages import grpo as module
+    return module
+
+
+def _stage_fingerprint(cfg: RunConfig, stage: str, init_model: str) -> dict:
+    """What a finished stage was run with; a stage is skipped on resume only when this is unchanged
+    (so raising grpo.steps continues training from the last checkpoint instead)."""
+    from omegaconf import OmegaConf
+
+    section = OmegaConf.to_container(OmegaConf.structured(getattr(cfg, stage)))
+    return {"stage": stage, "init_model": init_model, "config": json.loads(json.dumps(section, default=str))}
+
+
+def setup(cfg: RunConfig, model_path: str | None = None) -> StageContext:
+    dist = init_distributed(cfg.engine)
+    seed_everything(cfg.seed)
+    run_dir = cfg.run_dir
+    if dist.is_main:
+        save_resolved(cfg, run_dir)
+        if model_path is None:
+            resolve_model_path(cfg.model)  # builds the embedded model once, on rank 0
+    barrier()
+    model_path = model_path or resolve_model_path(cfg.model)
+    tokenizer = load_tokenizer(model_path, cfg.model)
+    splits = load_splits(cfg.data, cfg.seed)
+    return StageContext(cfg=cfg, dist=dist, run_dir=run_dir, base_model_path=model_path, tokenizer=tokenizer,
+                        splits=splits)
+
+
+def _eval_model(ctx: StageContext, model_dir: str | None) -> dict:
+    if model_dir is not None:
+        ctx.rollout.push_weights(load_weights(model_dir))
+    return run_eval(ctx)
+
+
+def run(cfg: RunConfig, stages: list[str] | None = None) -> dict:
+    """Runs the stages; returns the summary (also written to summary.json on rank 0)."""
+    stages = list(stages or cfg.stages)
+    ctx = setup(cfg)
+    summary_path = ctx.run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() and cfg.resume == "auto" else {}
+    summary.setdefault("stages", {})
+    current = ctx.base_model_path
+    say = print if ctx.dist.is_main else (lambda *a, **k: None)
+    try:
+        if cfg.eval.num_problems > 0 and "base" not in summary["stages"]:
+            summary["stages"]["base"] = {"model": current, **_eval_model(ctx, None)}
+            say(f"[pipeline] base model: pass@1 {summary['stages']['base']['pass@1']:.3f}", flush=True)
+        for stage in stages:
+            final_dir = ctx.run_dir / stage / "final"
+            done_marker = ctx.run_dir / stage / "done.json"
+            fingerprint = _stage_fingerprint(cfg, stage, current)
+            if (cfg.resume == "auto" and (final_dir / "config.json").exists() and stage in summary["stages"]
+                    and done_marker.exists() and json.loads(done_marker.read_text()) == fingerprint):
+                say(f"[pipeline] stage {stage} already finished in {final_dir}; resuming after it", flush=True)
+                current = str(final_dir)
+                continue
+            say(f"[pipeline] stage {stage}: starting from {current}", flush=True)
+            t0 = time.perf_counter()
+            current = str(_stage_module(stage).train(ctx, current))
+            wall = time.perf_counter() - t0
+            result = {"model": current, "wall_s": round(wall, 1)}
+            if cfg.eval.num_problems > 0:
+                result.update(_eval_model(ctx, current))
+            summary["stages"][stage] = result
+            if ctx.dist.is_main:
+                summary_path.write_text(json.dumps(summary, indent=2))
+                done_marker.write_text(json.dumps(fingerprint))
+            say(f"[pipeline] stage {stage} done in {wall:.0f}s"
+                + (f": pass@1 {result['pass@1']:.3f}" if "pass@1" in result else ""), flush=True)
+        summary["final_model"] = current
+        if ctx.dist.is_main:
+            summary_path.write_text(json.dumps(summary, indent=2))
+            from grpo.report import print_summary, write_plots
+
+            write_plots(ctx.run_dir, summary)
+            print_summary(summary)
+    finally:
+        ctx.close()
+    return summary
+
+
+def evaluate_only(cfg: RunConfig, model_path: str | None = None) -> dict:
+    """Evaluate `model_path` (default: the config's model); the engine is built on it directly."""
+    ctx = setup(cfg, model_path)
+    try:
+        result = _eval_model(ctx, None)
+        if ctx.dist.is_main:
+            print(json.dumps(result, indent=2))
+        return result
+    finally:
+        ctx.close()

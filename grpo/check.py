@@ -23,50 +23,58 @@ def _model_note(cfg: RunConfig) -> str:
 
 def check_config(cfg: RunConfig, source: str, hardware: bool = False) -> int:
     """Prints what was checked; returns a process exit code (0 ok, 2 problem)."""
-    from grpo.data.rows import DataError, load_splits, validate_rows
+    from grpo.data.rows import DataError
 
     lines = [f"config {source}: ok (stages: {' -> '.join(cfg.stages)}, run dir {cfg.run_dir})"]
     try:
-        lines.append("model: " + _model_note(cfg))
-        if cfg.stages:
-            check_training_precision(cfg, source)
-        needs = gpu_features(cfg)
-        if needs:
-            lines.append("needs a CUDA GPU for: " + ", ".join(needs))
-        if hardware:
-            check_hardware(cfg, source)
-
-        import verifiers
-
-        for i, spec in enumerate(cfg.verifiers):
-            try:
-                verifiers.get(spec.name, **dict(spec.options))
-            except Exception as exc:
-                raise ConfigError(f"verifiers[{i}].name: cannot build verifier {spec.name!r}: {exc}") from None
-        lines.append("verifiers: " + ", ".join(f"{s.name} (weight {s.weight})" for s in cfg.verifiers))
-
-        d = cfg.data
-        if d.source != "arithmetic" and not Path(d.source).exists():
-            lines.append(f"data: hub dataset {d.source} (not checked: needs the network or the HF cache)")
-        else:
-            splits = load_splits(d, cfg.seed)
-            fields = [d.prompt_field, d.answer_field, *d.required_fields]
-            validate_rows(splits.rl, fields, d.source)
-            validate_rows(splits.eval, fields, d.eval_source or d.source)
-            if "sft" in cfg.stages:
-                if splits.sft is None:
-                    raise DataError(f"{d.source}: stage sft needs a '{d.solution_field}' column (data.solution_field)")
-                validate_rows(splits.sft, [d.prompt_field, d.solution_field], d.source)
-            lines.append(f"data: {len(splits.rl)} prompt rows, {len(splits.eval)} eval rows"
-                         + (f", {len(splits.sft)} demonstrations" if splits.sft is not None else ""))
-        if "dpo" in cfg.stages and cfg.dpo.pairs == "file":
-            from grpo.data.preferences import load_preference_file
-
-            pairs = load_preference_file(cfg.dpo.pairs_file)
-            lines.append(f"dpo pairs: {len(pairs)} valid rows in {cfg.dpo.pairs_file}")
+        validate_run(cfg, source, hardware, lines)
     except (ConfigError, DataError) as exc:
         print("\n".join(lines), file=sys.stderr)
         print(f"grpo check: error: {exc}", file=sys.stderr)
         return 2
     print("\n".join(lines))
     return 0
+
+
+def validate_run(cfg: RunConfig, source: str, hardware: bool = False, lines: list[str] | None = None) -> None:
+    """Raises ConfigError or DataError for the first problem; appends what was checked to `lines`."""
+    from grpo.data.rows import DataError, load_splits, validate_rows
+
+    lines = [] if lines is None else lines
+    lines.append("model: " + _model_note(cfg))
+    if cfg.stages:
+        check_training_precision(cfg, source)
+    needs = gpu_features(cfg)
+    if needs:
+        lines.append("needs a CUDA GPU for: " + ", ".join(needs))
+    if hardware:
+        check_hardware(cfg, source)
+
+    import verifiers
+
+    for i, spec in enumerate(cfg.verifiers):
+        try:
+            verifiers.get(spec.name, **dict(spec.options))
+        except Exception as exc:
+            raise ConfigError(f"verifiers[{i}].name: cannot build verifier {spec.name!r}: {exc}") from None
+    lines.append("verifiers: " + ", ".join(f"{s.name} (weight {s.weight})" for s in cfg.verifiers))
+
+    d = cfg.data
+    if d.source != "arithmetic" and not Path(d.source).exists():
+        lines.append(f"data: hub dataset {d.source} (not checked: needs the network or the HF cache)")
+    else:
+        splits = load_splits(d, cfg.seed)
+        fields = [d.prompt_field, d.answer_field, *d.required_fields]
+        validate_rows(splits.rl, fields, d.source)
+        validate_rows(splits.eval, fields, d.eval_source or d.source)
+        if "sft" in cfg.stages:
+            if splits.sft is None:
+                raise DataError(f"{d.source}: stage sft needs a '{d.solution_field}' column (data.solution_field)")
+            validate_rows(splits.sft, [d.prompt_field, d.solution_field], d.source)
+        lines.append(f"data: {len(splits.rl)} prompt rows, {len(splits.eval)} eval rows"
+                     + (f", {len(splits.sft)} demonstrations" if splits.sft is not None else ""))
+    if "dpo" in cfg.stages and cfg.dpo.pairs == "file":
+        from grpo.data.preferences import load_preference_file
+
+        pairs = load_preference_file(cfg.dpo.pairs_file)
+        lines.append(f"dpo pairs: {len(pairs)} valid rows in {cfg.dpo.pairs_file}")

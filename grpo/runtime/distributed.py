@@ -68,14 +68,21 @@ def barrier() -> None:
 
 
 def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
-    """Average scalar statistics over ranks (for logging)."""
-    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1 or not values:
+    """Each statistic averaged over the ranks that report it (for logging). Every rank must call this, even
+    with an empty dict: ranks may hold different keys (a rank whose groups were all dropped has no policy
+    statistics), so the key sets are exchanged first and the reduction then has the same shape everywhere.
+    A rank's missing key is left out of that key's mean, never counted as zero."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
         return dict(values)
-    keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device())
+    keys = sorted(set().union(*all_gather_objects(sorted(values))))
+    if not keys:
+        return {}
+    t = torch.zeros(2, len(keys), dtype=torch.float64, device=device())  # [sum, count] per key
+    for i, k in enumerate(keys):
+        if k in values:
+            t[0, i], t[1, i] = float(values[k]), 1.0
     torch.distributed.all_reduce(t)
-    t /= torch.distributed.get_world_size()
-    return dict(zip(keys, t.tolist()))
+    return {k: float(t[0, i] / t[1, i]) for i, k in enumerate(keys)}
 
 
 def all_gather_objects(obj: Any) -> list[Any]:

@@ -11,7 +11,10 @@ whatever happened before: that is what makes resumed runs match uninterrupted on
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Protocol, Sequence
@@ -64,6 +67,45 @@ class Rollout(Protocol):
     def sleep(self) -> None: ...
 
     def wake_up(self) -> None: ...
+
+
+ROTARY_WARNING = "RotaryEmbedding: Failed to load weights"
+
+
+class _RotaryTableFilter(logging.Filter):
+    """vLLM counts the rotary embedding's cos/sin table as a loadable weight, and warns on every reload that
+    the checkpoint did not supply it; it is computed from the config, not trained, and the reload keeps it
+    as it was. Said once in those words (rank 0), then dropped."""
+
+    explained = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage() != ROTARY_WARNING:
+            return True
+        if not _RotaryTableFilter.explained and os.environ.get("RANK", "0") == "0":
+            print("[rollout] weight push: vLLM keeps its rotary cos/sin table (computed, not trained), so its "
+                  f"warning '{ROTARY_WARNING}' is expected and not shown again", file=sys.stderr, flush=True)
+        _RotaryTableFilter.explained = True
+        return False
+
+
+_ROTARY_FILTER = _RotaryTableFilter()
+
+
+@contextlib.contextmanager
+def quiet_weight_push():
+    """vLLM logs three INFO lines and the rotary warning on every reload (every optimizer step): keep its
+    warnings and errors, drop the rest while a push runs."""
+    vllm_logger = logging.getLogger("vllm")
+    layerwise = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+    level = vllm_logger.level
+    vllm_logger.setLevel(max(level, logging.WARNING))
+    layerwise.addFilter(_ROTARY_FILTER)
+    try:
+        yield
+    finally:
+        vllm_logger.setLevel(level)
+        layerwise.removeFilter(_ROTARY_FILTER)
 
 
 class VLLMRollout:
@@ -139,9 +181,10 @@ class VLLMRollout:
     def push_weights(self, named_weights: Iterable[tuple[str, torch.Tensor]]) -> float:
         """Load the trainer's weights into the engine; returns seconds taken."""
         t0 = time.perf_counter()
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(named_weights)})
-        # Cached KV blocks were computed with the old weights.
-        self.llm.reset_prefix_cache()
+        with quiet_weight_push():
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(named_weights)})
+            # Cached KV blocks were computed with the old weights.
+            self.llm.reset_prefix_cache()
         return time.perf_counter() - t0
 
     def token_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:

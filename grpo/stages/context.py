@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grpo.config import RunConfig
+from grpo.config import ConfigError, RunConfig
 from grpo.data.rows import Example, Splits, to_examples
 from grpo.runtime.distributed import DistInfo
 from grpo.metrics import MetricsLogger
@@ -70,8 +70,11 @@ class StageContext:
                 if spec.name == "code":
                     options.setdefault("limits", self.cfg.verify.sandbox)
                 specs.append({"name": spec.name, "weight": spec.weight, **options})
-            self._verifier = verifiers.build(specs, workers=self.cfg.verify.workers,
-                                             timeout_s=self.cfg.verify.timeout_s)
+            try:
+                self._verifier = verifiers.build(specs, workers=self.cfg.verify.workers,
+                                                 timeout_s=self.cfg.verify.timeout_s)
+            except (ValueError, TypeError) as exc:  # an unknown name, a plug-in that cannot load, bad options
+                raise ConfigError(f"verifiers: {exc}") from None
         return self._verifier
 
     def close(self) -> None:

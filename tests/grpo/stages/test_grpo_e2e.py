@@ -170,9 +170,11 @@ def test_resume_matches_uninterrupted_run(tmp_path, model_dir, zero_stage):
 @pytest.fixture(scope="module")
 def vllm_rollout(model_dir):
     """One `VLLMRollout` for the tests of this module that need the class itself (not the session engine)."""
-    from grpo.config import RolloutConfig
+    from grpo.config import EngineConfig, RolloutConfig
+    from grpo.runtime.engine import init_distributed
     from grpo.runtime.rollout import VLLMRollout
 
+    init_distributed(EngineConfig())  # as a run does first: the external_launcher executor joins this group
     return VLLMRollout(str(model_dir), RolloutConfig(kv_cache_gb=0.1, max_tokens=8), max_model_len=128)
 
 

@@ -6,10 +6,11 @@
 
 Prints, for each checker: verifications per second with one worker (inline, per CPU-second,
 the two checkers interleaved in chunks so that machine load hits both alike) and
-through the project's process pool (`verifiers.pool.ScoringPool`, one item per round trip with
-a hard per-item timeout), the accuracy against the generator's labels, the agreement rate
-between the two checkers and the pairs they disagree on; then both checkers' accuracy on the
-hand-labeled table of tests/verifiers/math_cases.py.
+through the project's process pool (`verifiers.pool.ScoringPool`, items sent in chunks, each
+with a hard per-item timeout), the accuracy against the generator's labels, the agreement rate
+between the two checkers and the pairs they disagree on; then the same on a corpus written in
+real models' styles (`--style-pairs`, see `generate_style_pairs`); then both checkers' accuracy
+on the hand-labeled table of tests/verifiers/math_cases.py.
 
 The pairs are generated (seeded): MATH/GSM8K-style references (integers, fractions, decimals,
 radicals, multiples of pi, polynomials, points, solution lists, intervals, multiple choice,
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -212,6 +214,185 @@ def generate_pairs(n: int, seed: int = 0, group_size: int = 4) -> list[Pair]:
             completion = f"{_reasoning(rng)}\nTherefore, the final answer is $\\boxed{{{answer}}}$."
             pairs.append(Pair(reference, completion, int(correct), kind))
     return pairs[:n]
+
+
+# ---------------------------------------------------------------------------------------------
+# A corpus in real models' styles (issue 17): the same kinds of answers, but ended the way
+# Qwen-Math, DeepSeek-R1, GSM8K and Minerva-style models end them, some with no box at all,
+# and references written the way datasets write them ($$...$$, \boxed{}, plain).
+
+
+def _plus_minus(rng):
+    a, b = rng.randint(1, 9), rng.choice([2, 3, 5, 7])
+    right = [f"{a} + \\sqrt{{{b}}}, {a} - \\sqrt{{{b}}}", f"{a} - \\sqrt{{{b}}}, {a} + \\sqrt{{{b}}}"]
+    wrong = [f"{a} + \\sqrt{{{b}}}", f"{a + 1} \\pm \\sqrt{{{b}}}"]
+    return f"{a} \\pm \\sqrt{{{b}}}", right, wrong
+
+
+def _text(rng):
+    word = rng.choice(["Even", "Odd", "Monday", "Friday", "Yes", "No solution"])
+    other = rng.choice(["Neither", "Tuesday", "Never", "Always"])
+    return f"\\text{{{word}}}", [f"\\text{{{word.lower()}}}", f"\\textbf{{{word}}}"], [f"\\text{{{other}}}"]
+
+
+def _time(rng):
+    hour, minute = rng.randint(1, 12), rng.choice([0, 15, 30, 45])
+    right = [f"{hour}:{minute:02d}"]
+    wrong = [f"{hour % 12 + 1}:{minute:02d}", f"{hour}:{(minute + 10) % 60:02d}"]
+    return f"{hour}:{minute:02d}", right, wrong
+
+
+def _ratio(rng):
+    a, b = rng.sample(range(1, 10), 2)
+    k = rng.randint(2, 4)
+    return f"{a}:{b}", [f"{a}:{b}", f"{a * k}:{b * k}", f"\\frac{{{a}}}{{{b}}}"], [f"{b}:{a}", f"{a + 1}:{b}"]
+
+
+def _chain(rng):
+    a = rng.randint(-900, 0)
+    b = rng.randint(1, 50)
+    var = rng.choice("abtk")
+    return (f"{a} < {var} < {b}", [f"({a}, {b})", f"{a} < {var} < {b}"],
+            [f"[{a}, {b})", f"({a}, {b + 1})"])
+
+
+def _named(rng):
+    value = rng.randint(2, 99)
+    name = rng.choice(["|AB|", "f(3)", "x", "a_{5}", "P:Q"])
+    return f"{name} = {value}", [str(value), f"{name} = {value}"], [str(value + 1), f"{name} = {value + 2}"]
+
+
+def _pairs(rng):
+    points = [(rng.randint(0, 9), rng.randint(0, 9)) for _ in range(2)]
+    if points[0] == points[1]:
+        points[1] = (points[1][0] + 1, points[1][1])
+    text = [f"({x}, {y})" for x, y in points]
+    swapped = f"({points[1][1]}, {points[1][0]})" if points[1][0] != points[1][1] else f"({points[1][0]}, 99)"
+    return ", ".join(text), [", ".join(reversed(text)), ", ".join(text)], [f"{text[0]}, {swapped}", text[0]]
+
+
+_STYLE_KINDS: list[tuple[str, Callable, float]] = [
+    ("integer", _integer, 0.22), ("fraction", _fraction, 0.1), ("radical", _radical, 0.06),
+    ("pi", _pi, 0.04), ("polynomial", _polynomial, 0.04), ("point", _point, 0.05),
+    ("solutions", _solutions, 0.05), ("interval", _interval, 0.04), ("choice", _choice, 0.03),
+    ("inequality", _inequality, 0.03), ("plus_minus", _plus_minus, 0.05), ("text", _text, 0.05),
+    ("time", _time, 0.04), ("ratio", _ratio, 0.04), ("chain", _chain, 0.04), ("named", _named, 0.06),
+    ("pairs", _pairs, 0.06),
+]
+_NUMERIC_KINDS = ("integer", "decimal")
+
+
+def _wrap_reference(reference: str, rng: random.Random) -> str:
+    style = rng.random()
+    if style < 0.4:
+        return reference
+    if style < 0.7:
+        return f"$${reference}$$"
+    if style < 0.85:
+        return f"${reference}$"
+    return f"So the answer is $\\boxed{{{reference}}}$."
+
+
+def _styled_completion(answer: str, kind: str, rng: random.Random) -> tuple[str, str]:
+    """`answer` ended the way one family of models ends its answers; returns (style, text)."""
+    reasoning = _reasoning(rng)
+    parts = [answer]
+    if kind == "solutions":
+        parts = [part.strip() for part in answer.split(", ")]
+    elif kind == "pairs":
+        parts = [part.strip() for part in re.split(r"(?<=\)),\s*(?=\()", answer)]
+    styles = ["qwen_math", "deepseek_r1", "minerva", "latex_display", "latex_inline"]
+    if kind in _NUMERIC_KINDS:
+        styles += ["gsm8k", "prose_number"]
+    if len(parts) > 1:
+        styles.append("boxes")
+    style = rng.choice(styles)
+    draft = rng.randint(1, 999)
+    if style == "qwen_math":
+        ending = rng.choice([f"Therefore, the final answer is $\\boxed{{{answer}}}$.",
+                             f"The answer is \\(\\boxed{{{answer}}}\\).", f"\\[\\boxed{{{answer}}}\\]"])
+        return style, f"{reasoning}\n{ending}"
+    if style == "deepseek_r1":
+        return style, (f"<think>\n{reasoning}\nMaybe it is {draft}? No, \\boxed{{{draft}}} is wrong; recheck.\n"
+                       f"</think>\n\nAfter checking every case, the answer is \\(\\boxed{{{answer}}}\\).")
+    if style == "minerva":
+        return style, f"{reasoning}\nFinal Answer: The final answer is ${answer}$. I hope it is correct."
+    if style == "latex_display":
+        return style, f"{reasoning}\nPutting everything together, we obtain\n\\[\n{answer}\n\\]"
+    if style == "latex_inline":
+        return style, f"{reasoning}\nHence the result is ${answer}$."
+    if style == "prose_number":  # no box, no phrase: the number closes the text
+        plain = answer.replace(",", "")
+        return style, f"{reasoning}\nSo $d = \\frac{{90}}{{n}}$ for each divisor, and there are {plain} such sequences."
+    if style == "gsm8k":
+        plain = answer.replace("\\", "").replace(",", "")
+        return style, f"{reasoning}\n" + rng.choice([f"#### {plain}", f"The answer is {plain}."])
+    joined = " \\quad \\text{and} \\quad ".join(f"\\boxed{{{part}}}" for part in parts)
+    return style, f"{reasoning}\nThe solutions are {joined}."
+
+
+def generate_style_pairs(n: int, seed: int = 1, group_size: int = 4) -> list[Pair]:
+    """`n` pairs in real models' styles; `Pair.kind` is "<answer kind>/<style>"."""
+    rng = random.Random(seed)
+    names = [kind[0] for kind in _STYLE_KINDS]
+    makers = {kind[0]: kind[1] for kind in _STYLE_KINDS}
+    weights = [kind[2] for kind in _STYLE_KINDS]
+    pairs: list[Pair] = []
+    while len(pairs) < n:
+        kind = rng.choices(names, weights)[0]
+        reference, right, wrong = makers[kind](rng)
+        written = _wrap_reference(reference, rng)
+        for _ in range(group_size):
+            correct = rng.random() < 0.5
+            answer = rng.choice(right if correct else wrong)
+            style, completion = _styled_completion(answer, kind, rng)
+            pairs.append(Pair(written, completion, int(correct), f"{kind}/{style}"))
+    return pairs[:n]
+
+
+def bench_styles(n: int = 1000, show: int = 20) -> dict:
+    """Both checkers' accuracy against the labels of the style corpus, their agreement, and
+    their rates on it (inline, interleaved, per CPU-second: the corpus holds nothing explosive)."""
+    from collections import Counter
+
+    pairs = generate_style_pairs(n)
+    ours = _build_ours()
+    try:
+        baseline = _build_math_verify()
+    except ImportError:
+        baseline = None
+    checkers = [ours] if baseline is None else [ours, baseline]
+    all_scores, rates = _interleaved_rates(checkers, pairs)
+    our_scores = all_scores[0]
+    results: dict = {"pairs": len(pairs), "ours_accuracy": _accuracy(our_scores, pairs), "ours_per_cpu_s": rates[0]}
+    print(f"model-style corpus ({len(pairs)} pairs: Qwen-Math, DeepSeek-R1, GSM8K, Minerva, bare LaTeX, prose, "
+          f"several boxes; references plain, $...$, $$...$$ or boxed)")
+    print(f"  ours        accuracy vs labels {results['ours_accuracy']:.2%}   inline {rates[0]:8.1f} /CPU-s")
+    wrong = Counter(pair.kind for pair, score in zip(pairs, our_scores) if score.reward != pair.label)
+    if wrong:
+        print("    ours wrong by kind/style: " + ", ".join(f"{k} {c}" for k, c in wrong.most_common(8)))
+    if baseline is None:
+        print("  math-verify not installed (pip install -e .[bench]): no comparison")
+        return results
+    their_scores = all_scores[1]
+    results["math_verify_accuracy"] = _accuracy(their_scores, pairs)
+    results["math_verify_per_cpu_s"] = rates[1]
+    agree = [a.reward == b.reward for a, b in zip(our_scores, their_scores)]
+    results["agreement"] = sum(agree) / len(agree)
+    print(f"  math-verify accuracy vs labels {results['math_verify_accuracy']:.2%}   inline {rates[1]:8.1f} /CPU-s "
+          f"(ratio {rates[0] / rates[1]:.1f}x)")
+    print(f"  agreement between the two {results['agreement']:.2%}")
+    theirs_wrong = Counter(pair.kind for pair, score in zip(pairs, their_scores) if score.reward != pair.label)
+    if theirs_wrong:
+        print("    math-verify wrong by kind/style: " + ", ".join(f"{k} {c}" for k, c in theirs_wrong.most_common(8)))
+    shown = 0
+    for pair, mine, theirs in zip(pairs, our_scores, their_scores):
+        if mine.reward != theirs.reward and shown < show:
+            shown += 1
+            who = "ours" if mine.reward == pair.label else "math-verify"
+            print(f"    [{pair.kind}] ref {pair.reference!r} ... {pair.completion[-60:]!r}: label {pair.label}, "
+                  f"ours {mine.reward:.0f}, math-verify {theirs.reward:.0f}; right: {who}")
+    return results
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,6 +668,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--show", type=int, default=30, help="disagreements to list")
     parser.add_argument("--no-pool", action="store_true", help="inline figures only")
     parser.add_argument("--no-table", action="store_true", help="skip the labeled-table accuracy run")
+    parser.add_argument("--style-pairs", type=int, default=1000, help="pairs of the model-style corpus (0: skip)")
     parser.add_argument("--code-solutions", type=int, default=100, help="code solutions per test format")
     parser.add_argument("--code-only", action="store_true", help="only the code verification figures")
     parser.add_argument("--no-code", action="store_true", help="skip the code verification figures")
@@ -496,6 +678,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     pairs = generate_pairs(args.pairs, args.seed)
     bench_math(pairs, workers=args.workers, show=args.show, with_pool=not args.no_pool)
+    if args.style_pairs:
+        print()
+        bench_styles(args.style_pairs, show=args.show)
     if not args.no_table:
         print()
         bench_table(workers=args.workers, show=args.show)

@@ -78,3 +78,10 @@ def validate_run(cfg: RunConfig, source: str, hardware: bool = False, lines: lis
 
         pairs = load_preference_file(cfg.dpo.pairs_file)
         lines.append(f"dpo pairs: {len(pairs)} valid rows in {cfg.dpo.pairs_file}")
+    if "kto" in cfg.stages and cfg.kto.data == "file":
+        from grpo.data.unpaired import load_unpaired_file
+
+        rows = load_unpaired_file(cfg.kto.data_file)
+        n_d = sum(r.label for r in rows)
+        lines.append(f"kto data: {len(rows)} valid rows in {cfg.kto.data_file} ({n_d} desirable, "
+                     f"{len(rows) - n_d} undesirable)")

@@ -16,7 +16,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sandboxes import Limits
 
-STAGES = ("sft", "dpo", "grpo")
+# Pipeline order. dpo and kto may both run (dpo first, kto from its model), or either alone.
+STAGES = ("sft", "dpo", "kto", "grpo")
 
 
 class ConfigError(ValueError):
@@ -132,6 +133,9 @@ class EngineConfig:
     # ZeRO-3: parameters with fewer elements than this stay whole on every rank (DeepSpeed's
     # stage3_param_persistence_threshold; None keeps its default, 1e5). 0 partitions every parameter.
     zero3_persistence_threshold: Optional[int] = None
+    # Seconds any collective may wait for the other ranks before it fails (a dead or hung rank then ends the run
+    # instead of hanging it forever). Must exceed the longest time one rank legitimately waits for another.
+    collective_timeout_s: float = 600.0
 
 
 @dataclass
@@ -227,11 +231,63 @@ class DPOConfig:
 
 
 @dataclass
+class KTOConfig:
+    """KTO (Ethayarajh et al. 2024) on single answers labelled desirable / undesirable."""
+
+    data: str = "verifier"  # verifier (sampled on-policy, every answer labelled by the verifiers) | file
+    # jsonl/json rows {"prompt", "completion", "label": true|false} (text or messages), or {"messages", "label"}
+    data_file: Optional[str] = None
+    eval_size: int = 64  # held-out examples for loss / implicit rewards (at most a fifth of the data)
+    samples_per_prompt: int = 8  # for data=verifier: answers sampled per prompt, all of them kept
+    num_prompts: int = 1000  # for data=verifier
+    # A correct answer cut off by rollout.max_tokens: undesirable (it never ended) | desirable (the verifier's word)
+    truncated_correct: str = "undesirable"
+    # none: every example, kto.desirable_weight / undesirable_weight as set | downsample: drop examples of the
+    # larger side (seeded) until the sides are equal | weights: keep every example, and set desirable_weight so
+    # that desirable_weight * n_desirable = undesirable_weight * n_undesirable (the paper's ratio 1)
+    balance: str = "none"
+    beta: float = 0.1
+    desirable_weight: float = 1.0  # lambda_D
+    undesirable_weight: float = 1.0  # lambda_U
+    # Weight of an NLL term on the desirable answers (per-token mean, like dpo.rpo_alpha); 0 is plain KTO.
+    sft_alpha: float = 0.0
+    epochs: int = 1
+    max_steps: Optional[int] = None  # stop after this many optimizer steps (default: epochs over the examples)
+    # Examples per optimizer step (per rank); the reference point z_ref is estimated over the whole step, all ranks.
+    batch_size: int = 32
+    micro_batch_size: Optional[int] = None  # examples per forward pass (default 16)
+    max_seq_len: int = 512
+    # Answers of one prompt in a forward pass share it, under a tree attention mask (grpo.algorithms.packing);
+    # flash-attention models fall back to padded rows.
+    share_prompt: bool = True
+    # Reference logprobs (answers and KL answers) computed once before training and cached by a content key;
+    # false keeps a live frozen reference model.
+    precompute_reference: bool = True
+    reference_cache_dir: Optional[str] = None  # default: beside the data file / in the run dir
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-6, warmup_steps=10))
+    eval_every: int = 0  # held-out loss / rewards every N steps (0: only at the end)
+    save_every: int = 200
+
+
+@dataclass
+class GateConfig:
+    """An eval gate between the stages of `grpo run`: after each stage, its held-out `metric` is compared with
+    the stage before (the base model for the first). A fall of more than `max_drop` fails the gate."""
+
+    metric: Optional[str] = None  # pass@1 | greedy_reward | pass@k / maj@k / mean@k (k = eval.k); None: no gate
+    max_drop: float = 0.0  # allowed fall, in the metric's units (0.02 = two points of pass@1)
+    # stop: end the run after the failing stage (exit status 3) | fallback: the next stage starts from the model
+    # before the failing stage, which becomes the run's final model if no later stage passes
+    action: str = "stop"
+
+
+@dataclass
 class EvalConfig:
     num_problems: int = 500
     k: int = 4  # sampled pass@k and maj@k; 0 or 1 for greedy only
     temperature: float = 1.0
     max_tokens: Optional[int] = None  # default rollout.max_tokens
+    gate: GateConfig = field(default_factory=GateConfig)
 
 
 @dataclass
@@ -239,6 +295,25 @@ class MetricsConfig:
     tensorboard: bool = True
     wandb_project: Optional[str] = None  # logs to wandb when set and wandb is installed
     progress_bar: bool = True
+
+
+@dataclass
+class DoctorConfig:
+    """`grpo doctor` (and `grpo run` with `doctor: true`): how much to look at, and the thresholds."""
+
+    num_prompts: int = 16  # prompts sampled greedily and in groups of grpo.group_size
+    num_reference_rows: int = 512  # rows whose reference answer (and demonstration) are scored as completions
+    # Share of reference answers / demonstrations that may score below full reward (above: FAIL; up to it: WARN).
+    max_bad_reference_share: float = 0.0
+    max_truncated_share: float = 0.5  # completions stopped by rollout.max_tokens instead of EOS (above: FAIL)
+    max_zero_variance_share: float = 0.8  # groups with equal rewards (above: WARN; all of them: FAIL)
+    # Mean |sampler - trainer| logprob per token above which the check fails (None: 1e-3 for fp32, 5e-2 for
+    # bf16); the largest single-token difference may be 20x this.
+    logprob_tolerance: Optional[float] = None
+    # The devices the memory estimate is for. None: this launch's ranks or the GPUs visible here, whichever is
+    # more, and their memory; without a GPU: one device per rank, 80 GiB each (stated as an estimate).
+    num_gpus: Optional[int] = None
+    gpu_memory_gb: Optional[float] = None
 
 
 @dataclass
@@ -256,9 +331,12 @@ class RunConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    kto: KTOConfig = field(default_factory=KTOConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    doctor: bool = False  # `grpo run` / train / sft / dpo: `grpo doctor`'s checks first; a FAIL stops before training
+    doctor_options: DoctorConfig = field(default_factory=DoctorConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -339,7 +417,8 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     for i, stage in enumerate(cfg.stages):
         _one_of(stage, STAGES, source, f"stages[{i}]")
     _check(list(cfg.stages) == sorted(cfg.stages, key=STAGES.index) and len(set(cfg.stages)) == len(cfg.stages),
-           source, "stages", f"must be in pipeline order sft -> dpo -> grpo without repeats, got {list(cfg.stages)}")
+           source, "stages",
+           f"must be in pipeline order sft -> dpo -> kto -> grpo without repeats, got {list(cfg.stages)}")
     _check(cfg.resume in ("auto", "never") or Path(cfg.resume).exists(), source, "resume",
            f"must be 'auto', 'never' or an existing checkpoint path, got {cfg.resume!r}")
 
@@ -389,6 +468,8 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
            "engine.zero3_persistence_threshold", "must be >= 0")
     _one_of(e.precision, ("fp32", "bf16"), source, "engine.precision")
     _one_of(e.dist_backend, ("auto", "nccl", "gloo"), source, "engine.dist_backend")
+    _check(e.collective_timeout_s > 0, source, "engine.collective_timeout_s",
+           f"must be > 0 seconds, got {e.collective_timeout_s}")
 
     g = cfg.grpo
     _check(g.steps >= 0, source, "grpo.steps", "must be >= 0")
@@ -442,8 +523,51 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     _check(p.eval_every >= 0, source, "dpo.eval_every", "must be >= 0")
     _validate_optim(p.optim, source, "dpo.optim")
 
+    k = cfg.kto
+    _one_of(k.data, ("verifier", "file"), source, "kto.data")
+    if "kto" in cfg.stages and k.data == "file":
+        _check(k.data_file is not None, source, "kto.data_file", "must be set when kto.data is 'file'")
+    _check(k.eval_size >= 0, source, "kto.eval_size", "must be >= 0")
+    _check(k.samples_per_prompt >= 1, source, "kto.samples_per_prompt", "must be >= 1")
+    _check(k.num_prompts >= 1, source, "kto.num_prompts", "must be >= 1")
+    _one_of(k.truncated_correct, ("undesirable", "desirable"), source, "kto.truncated_correct")
+    _one_of(k.balance, ("none", "downsample", "weights"), source, "kto.balance")
+    _check(k.beta > 0, source, "kto.beta", "must be > 0")
+    _check(k.desirable_weight >= 0 and k.undesirable_weight >= 0, source, "kto.desirable_weight",
+           "desirable_weight and undesirable_weight must be >= 0")
+    _check(k.desirable_weight + k.undesirable_weight > 0, source, "kto.desirable_weight",
+           "desirable_weight and undesirable_weight cannot both be 0")
+    _check(k.sft_alpha >= 0, source, "kto.sft_alpha", "must be >= 0")
+    _check(k.epochs >= 1, source, "kto.epochs", "must be >= 1")
+    _check(k.batch_size >= 2, source, "kto.batch_size",
+           "must be >= 2 (the reference point is estimated from mismatched pairs within a step)")
+    _check(k.max_steps is None or k.max_steps > 0, source, "kto.max_steps", "must be > 0 when set")
+    _check(k.micro_batch_size is None or k.micro_batch_size > 0, source, "kto.micro_batch_size", "must be > 0")
+    _check(k.max_seq_len > 1, source, "kto.max_seq_len", "must be > 1")
+    _check(k.eval_every >= 0 and k.save_every >= 0, source, "kto.eval_every", "eval_every/save_every must be >= 0")
+    _validate_optim(k.optim, source, "kto.optim")
+
     _check(cfg.eval.num_problems >= 0, source, "eval.num_problems", "must be >= 0")
     _check(cfg.eval.k >= 0, source, "eval.k", "must be >= 0")
+    gate = cfg.eval.gate
+    if gate.metric is not None:
+        metrics = ["pass@1", "greedy_reward"] + ([f"{m}@{cfg.eval.k}" for m in ("pass", "maj", "mean")]
+                                                 if cfg.eval.k > 1 else [])
+        _one_of(gate.metric, tuple(metrics), source, "eval.gate.metric")
+        _check(cfg.eval.num_problems > 0, source, "eval.gate.metric",
+               "a gate needs the held-out evaluation: set eval.num_problems > 0")
+    _check(gate.max_drop >= 0, source, "eval.gate.max_drop", f"must be >= 0, got {gate.max_drop}")
+    _one_of(gate.action, ("stop", "fallback"), source, "eval.gate.action")
+
+    o = cfg.doctor_options
+    _check(o.num_prompts >= 1, source, "doctor_options.num_prompts", "must be >= 1")
+    _check(o.num_reference_rows >= 0, source, "doctor_options.num_reference_rows", "must be >= 0")
+    for key in ("max_bad_reference_share", "max_truncated_share", "max_zero_variance_share"):
+        _check(0 <= getattr(o, key) <= 1, source, f"doctor_options.{key}", "must be in [0, 1]")
+    _check(o.logprob_tolerance is None or o.logprob_tolerance > 0, source, "doctor_options.logprob_tolerance",
+           "must be > 0 when set")
+    _check(o.num_gpus is None or o.num_gpus >= 1, source, "doctor_options.num_gpus", "must be >= 1 when set")
+    _check(o.gpu_memory_gb is None or o.gpu_memory_gb > 0, source, "doctor_options.gpu_memory_gb", "must be > 0")
 
 
 def gpu_features(cfg: RunConfig) -> list[str]:

@@ -10,13 +10,27 @@ def summary_table(summary: dict) -> str:
     stages = summary.get("stages", {})
     keys = sorted({k for r in stages.values() for k in r if k.startswith(("pass@", "maj@"))},
                   key=lambda k: (k[:4], int(k.split("@")[1])))
-    head = ["stage", *keys, "wall_s"]
-    rows = [[name, *[f"{r[k]:.3f}" if k in r else "-" for k in keys], f"{r.get('wall_s', 0):.0f}"]
+    gated = any("gate" in r for r in stages.values())
+    head = ["stage", *keys, "wall_s", *(["gate"] if gated else [])]
+    rows = [[name, *[f"{r[k]:.3f}" if k in r else "-" for k in keys], f"{r.get('wall_s', 0):.0f}",
+             *([gate_cell(r.get("gate"))] if gated else [])]
             for name, r in stages.items()]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(head), sep, *[line(r) for r in rows]])
+
+
+def gate_cell(v: dict | None) -> str:
+    """The summary table's mark for a stage under eval.gate: 'ok', or 'GATED' with the figures and what the
+    run did ('-' where no gate applied)."""
+    if not v:
+        return "-"
+    figures = f"{v['metric']} {v['before']:.3f} -> {v['after']:.3f}, drop {v['drop']:.3f} / allowed {v['max_drop']:.3f}"
+    if v["passed"]:
+        return f"ok ({figures})"
+    outcome = "run stopped" if v["action"] == "stop" else f"next stage from the {v['from_stage']} model"
+    return f"GATED ({figures}): {outcome}"
 
 
 def print_summary(summary: dict) -> None:
@@ -34,8 +48,11 @@ def _grpo_eval_points(rows: list[dict], summary: dict | None) -> list[tuple[floa
     if "grpo" in names and "pass@1" in stages[names.index("grpo")][1]:
         i = names.index("grpo")
         last = max((r["step"] for r in rows if r.get("stage") == "grpo"), default=0)
-        if i > 0 and "pass@1" in stages[i - 1][1]:
-            pts.insert(0, (0, stages[i - 1][1]["pass@1"]))
+        j = i - 1
+        while j > 0 and stages[j][1].get("gate", {}).get("passed") is False:  # fell back past a gated stage
+            j -= 1
+        if j >= 0 and "pass@1" in stages[j][1]:
+            pts.insert(0, (0, stages[j][1]["pass@1"]))
         pts.append((last, stages[i][1]["pass@1"]))
     return pts
 
@@ -53,7 +70,8 @@ def write_plots(run_dir: str | Path, summary: dict | None = None) -> Path | None
         return None
     panels = [("grpo", "reward/mean", "GRPO mean reward"), ("grpo", "eval/pass@1", "GRPO eval pass@1"),
               ("sft", "loss", "SFT train loss"), ("sft", "eval/loss", "SFT eval loss"),
-              ("dpo", "loss", "DPO loss"), ("dpo", "rewards/accuracy", "DPO pair accuracy")]
+              ("dpo", "loss", "DPO loss"), ("dpo", "rewards/accuracy", "DPO pair accuracy"),
+              ("kto", "loss", "KTO loss"), ("kto", "kl", "KTO reference point z_ref (batch KL)")]
     present = [(s, k, t) for s, k, t in panels if any(r.get("stage") == s and k in r for r in rows)]
     if not present:
         return None

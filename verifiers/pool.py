@@ -2,10 +2,14 @@
 
 Why processes and not threads or `signal.alarm`: a verifier stuck in C code (a huge sympy
 simplification, a regex on adversarial text) holds the GIL and ignores exceptions; the alarm
-only works on the main thread. The one reliable way to stop it is to kill its process. So each
-worker is a process that handles one item at a time; the parent sends an item, waits with a
-deadline and, on overrun, kills that worker, scores the item 0 with `info["error"]="timeout"`
-and starts a replacement. Other workers carry on meanwhile.
+only works on the main thread. The one reliable way to stop it is to kill its process.
+
+Items travel in chunks: the parent sends a worker several items in one message (a math check
+takes ~0.2 ms, so one round trip per item would cost more than the work), and the worker
+answers each item as soon as it is scored. Every answer restarts the clock, so each item still
+has its own hard limit: when a worker overruns, the item it is on is the one that hangs; that
+worker is killed, the item scores 0 with `info["error"]="timeout"`, the chunk's unanswered
+items go back to the queue and a replacement starts. Other workers carry on meanwhile.
 
 Workers start lazily on the first batch, stay up between batches (sympy imports and verifier
 set-up are paid once), and start with "spawn" (default) or "forkserver": never a plain fork of
@@ -45,6 +49,7 @@ class PoolStats:
     timeouts: int = 0  # the item ran past timeout_s (scored 0, worker replaced)
     crashes: int = 0  # the worker process died mid-item, e.g. segfault or OOM kill (scored 0)
     worker_starts: int = 0
+    chunks: int = 0  # messages that carried items to workers (one round trip each)
     error_types: Counter = field(default_factory=Counter)
 
     def as_metrics(self, prefix: str = "verifier/") -> dict[str, float]:
@@ -54,6 +59,7 @@ class PoolStats:
             f"{prefix}timeouts": self.timeouts,
             f"{prefix}crashes": self.crashes,
             f"{prefix}worker_starts": self.worker_starts,
+            f"{prefix}chunks": self.chunks,
         }
 
 
@@ -96,8 +102,13 @@ class _Worker:
         self.conn: Connection = parent_end
         self.ready = False
         self.started_at = time.monotonic()
-        self.item: int | None = None
+        self.items: deque[int] = deque()  # sent, not answered yet; the first is being scored
         self.deadline = 0.0
+
+    @property
+    def item(self) -> int | None:
+        """The item the worker is scoring now (None when idle)."""
+        return self.items[0] if self.items else None
 
     def kill(self) -> None:
         if self.process.is_alive():
@@ -120,8 +131,11 @@ class ScoringPool:
 
     recipe: zero-argument picklable callable building the verifier inside a worker (see
         `identity_recipe`). Checked for picklability here, so the error comes at set-up.
-    timeout_s: hard wall-clock limit per item, counted from when a ready worker receives it.
+    timeout_s: hard wall-clock limit per item, counted from when a ready worker receives it
+        (or, inside a chunk, from the answer to the item before it).
     start_timeout_s: how long a worker may take to import and build its verifier.
+    max_chunk: most items sent to a worker in one message; a batch is cut into chunks small
+        enough that every worker gets a few (the last ones stay balanced).
 
     Thread-safe: concurrent `score_batch` calls are serialized.
     """
@@ -135,7 +149,10 @@ class ScoringPool:
         start_method: str = "spawn",
         start_timeout_s: float = 120.0,
         name: str = "verifier",
+        max_chunk: int = 64,
     ):
+        if not isinstance(max_chunk, int) or max_chunk < 1:
+            raise ValueError(f"max_chunk must be an int >= 1, got {max_chunk!r}")
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be an int >= 1 (use inline scoring for 0), got {workers!r}")
         if not timeout_s > 0:
@@ -150,6 +167,7 @@ class ScoringPool:
         self.workers = workers
         self.timeout_s = float(timeout_s)
         self.start_timeout_s = float(start_timeout_s)
+        self.max_chunk = max_chunk
         self.stats = PoolStats()
         self._ctx = mp.get_context(start_method)
         self._pool: list[_Worker] = []
@@ -171,7 +189,7 @@ class ScoringPool:
             except BaseException:
                 # Interrupted (Ctrl-C, a start error): busy workers would later answer for items
                 # of this batch, so they go; idle ones stay for the next batch.
-                for worker in [w for w in self._pool if w.item is not None]:
+                for worker in [w for w in self._pool if w.items]:
                     self._remove(worker)
                 raise
 
@@ -199,46 +217,69 @@ class ScoringPool:
         n = len(completions)
         results: list[Score | None] = [None] * n
         pending = deque(range(n))
+        alone: set[int] = set()  # items that failed to pickle inside a chunk: sent one by one
         failures: Counter = Counter()  # error text -> count, one warning per batch
         while len(self._pool) < min(self.workers, max(n, 1)) and n:
             self._start_worker()
-        while pending or any(w.item is not None for w in self._pool):
-            now = time.monotonic()
-            for worker in self._pool:
-                if worker.ready and worker.item is None and pending:
-                    index = pending.popleft()
-                    try:
-                        worker.conn.send((index, completions[index], examples[index]))
-                    except Exception as exc:  # unpicklable example, or the worker just died
-                        if isinstance(exc, (BrokenPipeError, EOFError, OSError)):
-                            pending.appendleft(index)
-                            self._replace(worker)
-                            break
-                        results[index] = self._failure(f"cannot send item: {exc}", failures)
-                        continue
-                    worker.item, worker.deadline = index, now + self.timeout_s
-            self._wait_and_collect(results, failures)
+        while pending or any(w.items for w in self._pool):
+            for worker in list(self._pool):
+                # Loop: a chunk that could not be pickled leaves the worker idle.
+                while worker in self._pool and worker.ready and not worker.items and pending:
+                    self._send_chunk(worker, pending, alone, completions, examples, results, failures)
+            if pending or any(w.items for w in self._pool) or any(not w.ready for w in self._pool):
+                self._wait_and_collect(results, failures, pending)
         self.stats.items += n
         for message, count in failures.items():
             logger.warning("%s: %d/%d items scored 0: %s", self.name, count, n, message)
         return [r if r is not None else Score(0.0, {"error": "lost"}) for r in results]
 
-    def _wait_and_collect(self, results: list[Score | None], failures: Counter) -> None:
+    def _chunk_size(self, pending: int) -> int:
+        # Several chunks per worker, so that a worker stuck on a slow chunk leaves the rest to others.
+        return max(1, min(self.max_chunk, pending // (2 * self.workers)))
+
+    def _send_chunk(self, worker: _Worker, pending: deque, alone: set[int], completions: list[str],
+                    examples: list[dict], results: list, failures: Counter) -> None:
+        """Send `worker` the next chunk of `pending` (a worker found dead is replaced)."""
+        size = 1 if pending[0] in alone else self._chunk_size(len(pending))
+        chunk = []
+        while pending and len(chunk) < size and (not chunk or pending[0] not in alone):
+            chunk.append(pending.popleft())
+        try:
+            worker.conn.send([(index, completions[index], examples[index]) for index in chunk])
+        except Exception as exc:  # an unpicklable example, or the worker just died
+            if isinstance(exc, (BrokenPipeError, EOFError, OSError)):
+                pending.extendleft(reversed(chunk))
+                self._replace(worker)
+                return
+            if len(chunk) == 1:
+                results[chunk[0]] = self._failure(f"cannot send item: {exc}", failures)
+            else:  # find the culprit: each item of this chunk goes alone
+                alone.update(chunk)
+                pending.extendleft(reversed(chunk))
+            return
+        self.stats.chunks += 1
+        worker.items.extend(chunk)
+        worker.deadline = time.monotonic() + self.timeout_s
+
+    def _wait_and_collect(self, results: list[Score | None], failures: Counter, pending: deque | None = None) -> None:
+        pending = deque() if pending is None else pending
         now = time.monotonic()
-        deadlines = [w.deadline for w in self._pool if w.item is not None]
+        deadlines = [w.deadline for w in self._pool if w.items]
         deadlines += [w.started_at + self.start_timeout_s for w in self._pool if not w.ready]
         timeout = max(0.0, min(deadlines) - now) if deadlines else None
         ready_conns = wait([w.conn for w in self._pool], timeout=timeout)
         for worker in list(self._pool):
             if worker.conn in ready_conns:
-                self._receive(worker, results, failures)
+                self._receive_all(worker, results, failures, pending)
         now = time.monotonic()
         for worker in list(self._pool):
-            if worker.item is not None and now >= worker.deadline:
-                index = worker.item
+            if worker.items and now >= worker.deadline:
+                index = worker.items.popleft()
                 self.stats.timeouts += 1
                 results[index] = Score(0.0, {"error": "timeout", "timeout_s": self.timeout_s})
                 failures[f"timeout after {self.timeout_s:g} s (worker killed and replaced)"] += 1
+                pending.extendleft(reversed(worker.items))  # the rest of its chunk was never scored
+                worker.items.clear()
                 self._replace(worker)
             elif not worker.ready and now >= worker.started_at + self.start_timeout_s:
                 self._remove(worker)
@@ -246,11 +287,21 @@ class ScoringPool:
                     f"{self.name}: a worker did not become ready within {self.start_timeout_s:g} s"
                 )
 
-    def _receive(self, worker: _Worker, results: list[Score | None], failures: Counter) -> None:
+    def _receive_all(self, worker: _Worker, results: list[Score | None], failures: Counter, pending: deque) -> None:
+        """Every message the worker has sent so far (a chunk's answers arrive one by one)."""
+        while worker in self._pool:
+            self._receive(worker, results, failures, pending)
+            try:
+                if worker not in self._pool or not worker.conn.poll():
+                    return
+            except (EOFError, OSError):
+                return
+
+    def _receive(self, worker: _Worker, results: list[Score | None], failures: Counter, pending: deque) -> None:
         try:
             message = worker.conn.recv()
         except (EOFError, OSError):
-            self._worker_died(worker, results, failures)
+            self._worker_died(worker, results, failures, pending)
             return
         kind = message[0]
         if kind == "ready":
@@ -261,21 +312,29 @@ class ScoringPool:
         elif kind == "ok":
             _, index, reward, info = message
             results[index] = Score(reward, info)
-            worker.item = None
+            self._answered(worker, index)
         elif kind == "error":
             _, index, error = message
             results[index] = self._failure(error, failures)
-            worker.item = None
+            self._answered(worker, index)
 
-    def _worker_died(self, worker: _Worker, results: list[Score | None], failures: Counter) -> None:
+    def _answered(self, worker: _Worker, index: int) -> None:
+        if worker.items and worker.items[0] == index:
+            worker.items.popleft()
+        # The next item of the chunk starts now: its own full time limit.
+        worker.deadline = time.monotonic() + self.timeout_s
+
+    def _worker_died(self, worker: _Worker, results: list[Score | None], failures: Counter,
+                     pending: deque) -> None:
         worker.process.join(timeout=5)
         code = worker.process.exitcode
-        if worker.item is not None:
+        if worker.items:
             self.stats.crashes += 1
             text = f"worker process died (exit code {code})"
-            results[worker.item] = Score(0.0, {"error": text})
+            results[worker.items.popleft()] = Score(0.0, {"error": text})
             failures[text] += 1
-            worker.item = None
+            pending.extendleft(reversed(worker.items))  # the rest of its chunk was never scored
+            worker.items.clear()
         elif not worker.ready:
             self._remove(worker)
             raise PoolStartError(f"{self.name}: a worker exited with code {code} while starting")
@@ -341,13 +400,13 @@ def _worker_main(conn: Connection, recipe_bytes: bytes) -> None:
             return
         if message is None:
             return
-        index, completion, example = message
-        try:
-            score = as_score(verifier.score(completion, example), "verifier")
-            reply = ("ok", index, score.reward, score.info)
-            conn.send(reply)
-        except Exception as exc:
-            conn.send(("error", index, _describe(exc)))
+        for index, completion, example in message:  # a chunk: answer each item when it is done
+            try:
+                score = as_score(verifier.score(completion, example), "verifier")
+                reply = ("ok", index, score.reward, score.info)
+                conn.send(reply)
+            except Exception as exc:
+                conn.send(("error", index, _describe(exc)))
 
 
 def _describe(exc: BaseException) -> str:

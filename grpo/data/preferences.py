@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from grpo.config import DataConfig
 from grpo.data.rows import DataError, format_prompt
@@ -63,6 +63,9 @@ class TokenizedPair:
 
 class _RowError(Exception):
     """A problem inside one row; the loader adds the file, row and line."""
+
+
+RowError = _RowError  # for the other row formats (grpo.data.unpaired) that parse with the helpers below
 
 
 def _text_content(value: Any, where: str) -> str:
@@ -177,7 +180,7 @@ def parse_row(obj: Any) -> tuple[str | Messages, str, str]:
     return prompt, chosen, rejected
 
 
-def _read_objects(path: Path) -> list[tuple[int, Any]]:
+def _read_objects(path: Path, kind: str = "preference") -> list[tuple[int, Any]]:
     """(line number, parsed value) per row; JSON errors name the line and row."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
@@ -197,29 +200,41 @@ def _read_objects(path: Path) -> list[tuple[int, Any]]:
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
         if not isinstance(value, list):
-            raise DataError(f"{path}: a .json preference file must hold a list of rows")
+            raise DataError(f"{path}: a .json {kind} file must hold a list of rows")
         return [(0, v) for v in value]
-    raise DataError(f"{path}: unsupported preference file type '{path.suffix}' (use .jsonl or .json)")
+    raise DataError(f"{path}: unsupported {kind} file type '{path.suffix}' (use .jsonl or .json)")
+
+
+T = TypeVar("T")
+
+
+def read_validated_rows(path: str | Path | None, parse: Callable[[Any], T], *, kind: str,
+                        setting: str) -> list[T]:
+    """`parse(row object)` of every row of a .jsonl/.json file; the first row it refuses (RowError) stops
+    everything as a DataError naming the file, the row (0-based), its line and the reason. `kind` and
+    `setting` (the config key that names the file) only word the messages."""
+    if path is None:
+        raise DataError(f"{setting}: not set")
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {kind} file not found ({setting})")
+    out = []
+    for i, (lineno, obj) in enumerate(_read_objects(path, kind)):
+        try:
+            out.append(parse(obj))
+        except _RowError as exc:
+            where = f"row {i}" + (f" (line {lineno})" if lineno else "")
+            raise DataError(f"{path}: {where}: {exc}") from None
+    if not out:
+        raise DataError(f"{path}: no rows")
+    return out
 
 
 def load_preference_file(path: str | Path) -> list[PreferencePair]:
     """Every row of a preference file, validated; raises DataError naming the first bad row."""
-    if path is None:
-        raise DataError("dpo.pairs_file: not set")
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: preference file not found (dpo.pairs_file)")
-    pairs = []
-    for i, (lineno, obj) in enumerate(_read_objects(path)):
-        try:
-            prompt, chosen, rejected = parse_row(obj)
-        except _RowError as exc:
-            where = f"row {i}" + (f" (line {lineno})" if lineno else "")
-            raise DataError(f"{path}: {where}: {exc}") from None
-        pairs.append(PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, row=i))
-    if not pairs:
-        raise DataError(f"{path}: no rows")
-    return pairs
+    rows = read_validated_rows(path, parse_row, kind="preference", setting="dpo.pairs_file")
+    return [PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, row=i)
+            for i, (prompt, chosen, rejected) in enumerate(rows)]
 
 
 # ---------------------------------------------------------------------------------------------

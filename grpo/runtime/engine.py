@@ -6,9 +6,16 @@ yields full weights for the push into vLLM (gathering ZeRO-3 partitions).
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
+import re
+import shutil
+import signal
+import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -16,7 +23,16 @@ import numpy as np
 import torch
 
 from grpo.config import EngineConfig, OptimConfig
-from grpo.runtime.distributed import DistInfo, free_port, barrier, is_main_process
+from grpo.runtime.distributed import DistInfo, all_gather_objects, free_port, barrier, is_main_process
+from grpo.runtime.faults import CheckpointError, start_heartbeat
+
+# A checkpoint directory is whole when it holds this file (written last, then the directory is renamed into place).
+COMPLETE_MARKER = "COMPLETE"
+# Checkpoints are written under `.<tag>.incomplete` first, and renamed to their tag when whole.
+INCOMPLETE_SUFFIX = ".incomplete"
+# Test hook, read at save time: the tag (e.g. "step4") whose save kills this process (SIGKILL) halfway through
+# writing its first file, as a crash or `kill -9` would. Never set outside tests.
+TEST_CRASH_DURING_SAVE_ENV = "GRPO_TEST_CRASH_DURING_SAVE"
 
 
 def init_distributed(cfg: EngineConfig) -> DistInfo:
@@ -33,11 +49,20 @@ def init_distributed(cfg: EngineConfig) -> DistInfo:
         backend = cfg.dist_backend
         if backend == "auto":
             backend = "nccl" if torch.cuda.is_available() else "gloo"
-        deepspeed.init_distributed(dist_backend=backend, verbose=False)
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        # Every collective gives up after collective_timeout_s (a dead or hung rank must not hang the others
+        # forever); the heartbeat lets the rank that sees it fail name the silent one (grpo.runtime.faults).
+        deepspeed.init_distributed(dist_backend=backend, verbose=False,
+                                   timeout=timedelta(seconds=cfg.collective_timeout_s))
+    # A process group started by someone else (vLLM's own executor, a user's script) leaves these unset, but
+    # DeepSpeed and vLLM's external_launcher executor read them.
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    for key, value in (("RANK", rank), ("WORLD_SIZE", world), ("LOCAL_RANK", rank), ("LOCAL_WORLD_SIZE", world)):
+        os.environ.setdefault(key, str(value))
+    local_rank = int(os.environ["LOCAL_RANK"])
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
-    return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank)
+    start_heartbeat(rank, world)
+    return DistInfo(rank, world, local_rank)
 
 
 def lr_lambda(optim: OptimConfig, total_steps: int):
@@ -105,6 +130,8 @@ class TrainEngine:
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
         self._micro = 0
+        self.saved_step: int | None = None  # the step of the checkpoint that holds the current state, if any
+        self.last_checkpoint: Path | None = None
 
     @property
     def module(self) -> torch.nn.Module:
@@ -172,29 +199,101 @@ class TrainEngine:
 
     # -- checkpoints -----------------------------------------------------------------------------
 
-    def save_checkpoint(self, ckpt_dir: Path, tag: str, client_state: dict) -> None:
+    def save_checkpoint(self, ckpt_dir: Path, tag: str, client_state: dict) -> Path:
+        """Save the whole training state as `ckpt_dir/tag`, atomically: every rank writes into
+        `ckpt_dir/.<tag>.incomplete`, then rank 0 writes the COMPLETE marker (with the step) and renames the
+        directory into place. A process killed halfway leaves only an `.incomplete` directory, which `resume`
+        skips. A write error on any rank (disk full, EFBIG, EIO) raises `CheckpointError` naming the path on every
+        rank; the partial directory is removed and the previous checkpoints are untouched. All ranks must call."""
+        ckpt_dir = Path(ckpt_dir)
+        final, tmp = ckpt_dir / tag, ckpt_dir / f".{tag}{INCOMPLETE_SUFFIX}"
+        step = int(client_state.get("step", -1))
         client_state = dict(client_state, rng=rng_state())
-        self.ds.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state)
+        if is_main_process():
+            try:
+                ckpt_dir.mkdir(parents=True, exist_ok=True)
+                for stale in ckpt_dir.glob(f".*{INCOMPLETE_SUFFIX}"):  # left by a save that did not finish
+                    shutil.rmtree(stale, ignore_errors=True)
+            except OSError:
+                pass  # DeepSpeed's own mkdir fails the same way, and is reported below to every rank
+        barrier()
+        errors: list[str] = []
+        engine = self.ds.checkpoint_engine
+        plain_save = engine.save
+        crash_tag = os.environ.get(TEST_CRASH_DURING_SAVE_ENV)
+
+        def save(state_dict, path):
+            # A failed write is recorded, not raised: DeepSpeed's save has collectives after it, which every rank
+            # must still reach; the ranks agree on the outcome below.
+            if errors:
+                return
+            try:
+                plain_save(state_dict, path)
+                if crash_tag == tag:
+                    _crash_halfway(path)
+                with open(path, "rb") as fh:
+                    os.fsync(fh.fileno())  # on disk before the directory is marked complete
+            except (OSError, RuntimeError) as exc:  # torch.save's zip writer reports a failed write as RuntimeError
+                errors.append(_describe_write_error(exc, path))
+
+        engine.save = save
+        try:
+            self.ds.save_checkpoint(str(ckpt_dir), tag=tmp.name, client_state=client_state, save_latest=False)
+        except OSError as exc:  # a write outside the checkpoint engine (the recovery script copy, a mkdir)
+            errors.append(_describe_write_error(exc, exc.filename or tmp))
+        finally:
+            engine.save = plain_save
+        failed = [e for errs in all_gather_objects(errors) for e in errs]
+        if not failed:
+            finish_error = []
+            if is_main_process():
+                try:
+                    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+                    _finish(tmp, final, tag, step, world)
+                except OSError as exc:
+                    finish_error = [_describe_write_error(exc, exc.filename or tmp)]
+            failed = [e for errs in all_gather_objects(finish_error) for e in errs]
+        if failed:
+            if is_main_process():
+                shutil.rmtree(tmp, ignore_errors=True)  # frees the space the partial write took
+            previous = f"; the previous checkpoint {self.last_checkpoint} is intact" if self.last_checkpoint else ""
+            error = CheckpointError(f"could not write checkpoint {final}: {failed[0]}{previous}")
+            if is_main_process():
+                # said here, before the barrier: under a launcher another rank's exit may kill this one any moment
+                print(f"grpo: checkpoint error: {error}", file=sys.stderr, flush=True)
+                error.reported = True
+            barrier()
+            raise error
+        self.saved_step, self.last_checkpoint = step, final
+        return final
 
     def load_checkpoint(self, ckpt_dir: Path, tag: str | None = None) -> dict:
         _, client_state = self.ds.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
                                                   load_lr_scheduler_states=True)
         if client_state is None:
-            raise RuntimeError(f"no checkpoint could be loaded from {ckpt_dir} (tag {tag})")
+            raise CheckpointError(f"no checkpoint could be loaded from {Path(ckpt_dir) / str(tag)}")
         if "rng" in client_state:
             set_rng_state(client_state["rng"])
         return client_state
 
     def resume(self, ckpt_dir: Path, resume: str, stage: str) -> dict | None:
-        """Restore the checkpoint `resume` asks for ("auto": the latest in `ckpt_dir`, if any; "never";
-        or a checkpoint directory), say so, and return its client state (step, data position, ...);
-        None when starting fresh."""
-        tag = latest_checkpoint(ckpt_dir) if resume == "auto" else None
+        """Restore the checkpoint `resume` asks for ("auto": the newest complete one in `ckpt_dir`, if any, saying
+        which incomplete ones it skipped; "never"; or a checkpoint directory), say so, and return its client state
+        (step, data position, ...); None when starting fresh."""
+        ckpt_dir = Path(ckpt_dir)
+        tag, skipped = latest_complete_checkpoint(ckpt_dir) if resume == "auto" else (None, [])
         if resume not in ("auto", "never"):
             ckpt_dir, tag = Path(resume).parent, Path(resume).name
+            if not is_complete(ckpt_dir / tag) and is_main_process():
+                print(f"[{stage}] warning: {ckpt_dir / tag} has no {COMPLETE_MARKER} marker (a save that did not "
+                      "finish, or a checkpoint from an older version); loading it anyway", flush=True)
+        if is_main_process():
+            for path in skipped:
+                print(f"[{stage}] skipped incomplete checkpoint {path} (its save did not finish)", flush=True)
         if tag is None:
             return None
         state = self.load_checkpoint(ckpt_dir, tag)
+        self.saved_step, self.last_checkpoint = int(state["step"]), ckpt_dir / tag
         if is_main_process():
             print(f"[{stage}] resumed from checkpoint {ckpt_dir / tag} at step {state['step']}", flush=True)
         return state
@@ -210,14 +309,113 @@ class TrainEngine:
         barrier()
 
 
+def is_complete(path: Path) -> bool:
+    return (Path(path) / COMPLETE_MARKER).is_file()
+
+
+def latest_complete_checkpoint(ckpt_dir: Path) -> tuple[str | None, list[Path]]:
+    """The tag of the newest complete checkpoint in `ckpt_dir` (by the step its marker records), and the incomplete
+    ones: `.<tag>.incomplete` directories and step directories without the marker. A directory without a marker
+    that DeepSpeed's `latest` names counts as complete (an older version wrote `latest` after the whole save)."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return None, []
+    legacy = (ckpt_dir / "latest").read_text().strip() if (ckpt_dir / "latest").is_file() else None
+    complete: list[tuple[int, float, str]] = []
+    incomplete: list[Path] = []
+    for path in sorted(ckpt_dir.iterdir()):
+        if not path.is_dir() or path.name.endswith(".old"):
+            continue
+        if path.name.endswith(INCOMPLETE_SUFFIX):
+            incomplete.append(path)
+        elif is_complete(path):
+            try:
+                step = int(json.loads((path / COMPLETE_MARKER).read_text())["step"])
+            except (ValueError, KeyError, TypeError, OSError):
+                step = _step_of(path.name)
+            complete.append((step, path.stat().st_mtime, path.name))
+        elif path.name == legacy:
+            complete.append((_step_of(path.name), path.stat().st_mtime, path.name))
+        elif _step_of(path.name) >= 0:
+            incomplete.append(path)
+    best = max(complete) if complete else None
+    return (best[2] if best else None), incomplete
+
+
 def latest_checkpoint(ckpt_dir: Path) -> str | None:
-    """The tag DeepSpeed recorded as latest, if any."""
-    latest = ckpt_dir / "latest"
-    if latest.exists():
-        tag = latest.read_text().strip()
-        if (ckpt_dir / tag).exists():
-            return tag
-    return None
+    """The tag of the newest complete checkpoint, if any."""
+    return latest_complete_checkpoint(ckpt_dir)[0]
+
+
+def _step_of(name: str) -> int:
+    m = re.search(r"(\d+)$", name)
+    return int(m.group(1)) if m else -1
+
+
+def _finish(tmp: Path, final: Path, tag: str, step: int, world_size: int) -> None:
+    """Rank 0, after every rank wrote its files: mark `tmp` complete, rename it to `final` (replacing an older
+    checkpoint of the same tag), point DeepSpeed's `latest` at it."""
+    with open(tmp / COMPLETE_MARKER, "w") as fh:
+        json.dump({"tag": tag, "step": step, "world_size": world_size, "time": round(time.time(), 3)}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    _fsync_dir(tmp)
+    old = final.parent / f".{tag}.old"
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    latest_tmp = final.parent / ".latest.tmp"
+    latest_tmp.write_text(tag)  # for DeepSpeed's own tools (zero_to_fp32.py)
+    os.replace(latest_tmp, final.parent / "latest")
+    _fsync_dir(final.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _describe_write_error(exc: Exception, path) -> str:
+    """`writing <path>: <why>`. torch.save's zip writer turns a failed write into a RuntimeError without the errno
+    ("iostream error"); then the file system and the process's file size limit are asked what it was."""
+    import errno
+    import resource
+
+    reasons = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+               errno.EFBIG: "file too large (the file system's or the process's file size limit)",
+               errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EIO: "input/output error"}
+    code = getattr(exc, "errno", None)
+    if code:
+        return f"writing {path}: {reasons.get(code, getattr(exc, 'strerror', None) or str(exc))} [Errno {code}]"
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    try:
+        fs = os.statvfs(Path(path).parent)
+        if fs.f_bavail * fs.f_frsize < 1024**2:
+            return f"writing {path}: no space left on the device ({first})"
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY and os.path.getsize(path) >= limit - 64 * 1024:
+            return f"writing {path}: file too large (the process's file size limit, RLIMIT_FSIZE, is {limit} bytes)"
+    except OSError:
+        pass
+    return f"writing {path}: {first}"
+
+
+def _crash_halfway(path: str) -> None:
+    """The test hook: cut the file just written to half its size and die as `kill -9` would."""
+    size = os.path.getsize(path)
+    with open(path, "r+b") as fh:
+        fh.truncate(size // 2)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def rng_state() -> dict:

@@ -1,8 +1,10 @@
 """Sequence log-probabilities of preference pairs, and the reference model's, computed once and cached.
 
-DPO needs log pi_ref(answer | prompt) for every chosen and rejected answer. They never change during
-training, so one no-grad pass over the data before the first step replaces a second model in
-memory for the whole run. The pass runs on the policy itself before it has taken a step (the
+DPO needs log pi_ref(answer | prompt) for every chosen and rejected answer; KTO for every answer and the
+mismatched "KL" answer it is paired with (grpo.data.unpaired.with_kl_answers), which it passes here as a
+TokenizedPair of (answer, KL answer): everything below treats a pair as two continuations of one prompt.
+They never change during training, so one no-grad pass over the data before the first step replaces
+a second model in memory for the whole run. The pass runs on the policy itself before it has taken a step (the
 reference *is* the initial policy), so at no time do two copies of the weights exist.
 
 The result is cached in a file whose name is a key over everything that determines it: the
@@ -47,11 +49,29 @@ def pair_batch(pairs: Sequence[TokenizedPair], pad_id: int,
                                     sharing.max_row_tokens, sharing.attention_cost)
         return {"packed": packed, "answer_lengths": torch.tensor(lengths, dtype=torch.float32),
                 "real_tokens": packed.real_tokens}
-    seqs, starts = [], []
-    for answers in ([p.chosen_ids for p in pairs], [p.rejected_ids for p in pairs]):
-        for p, ans in zip(pairs, answers):
-            seqs.append(p.prompt_ids + ans)
-            starts.append(len(p.prompt_ids))
+    return _padded_rows([(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs],
+                        pad_id)
+
+
+def continuation_batch(items: Sequence[tuple[list[int], Sequence[list[int]]]], pad_id: int,
+                       sharing: PromptSharing | None = None) -> dict[str, torch.Tensor]:
+    """Any number of continuations per prompt, `items` = (prompt ids, [answer ids, ...]); `sequence_logps`
+    then gives one sum per answer, flat in item order (KTO's answers, grouped by prompt so that answers of
+    one prompt share it). Same keys as `pair_batch`."""
+    flat = [(prompt, ans) for prompt, answers in items for ans in answers]
+    if sharing is not None:
+        packed = pack_shared_prefix([(list(prompt), list(answers)) for prompt, answers in items], pad_id,
+                                    sharing.max_row_tokens, sharing.attention_cost)
+        return {"packed": packed, "flat": True, "real_tokens": packed.real_tokens,
+                "answer_lengths": torch.tensor([len(a) for _, a in flat], dtype=torch.float32)}
+    return _padded_rows(flat, pad_id)
+
+
+def _padded_rows(seqs_by_part: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded (prompt + answer) rows with the answer mask on the shifted grid."""
+    seqs = [list(prompt) + list(ans) for prompt, ans in seqs_by_part]
+    starts = [len(prompt) for prompt, _ in seqs_by_part]
+    lengths = [len(ans) for _, ans in seqs_by_part]
     width = max(len(s) for s in seqs)
     input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -66,13 +86,16 @@ def pair_batch(pairs: Sequence[TokenizedPair], pad_id: int,
 
 def sequence_logps(forward: Callable, batch: dict,
                    mask_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(summed answer logprob [2b], token logprobs [2b, S-1] masked to the answers; None when packed) under
+    """(summed answer logprob [2b] (continuation_batch: [n] flat), token logprobs [2b, S-1] masked to the answers;
+    None when packed) under
     `forward(input_ids, attention_mask[, position_ids]) -> logits`."""
     if "packed" in batch:
         packed = batch["packed"]
         lp, _ = packed_token_logprobs(forward, packed, dtype=mask_dtype)  # [N]
-        sums = lp.new_zeros(packed.num_sequences).index_add(0, packed.sequence, lp)  # [2b], pair-interleaved
-        return torch.cat([sums[0::2], sums[1::2]]), None
+        sums = lp.new_zeros(packed.num_sequences).index_add(0, packed.sequence, lp)  # in continuation order
+        if batch.get("flat"):  # continuation_batch: as given
+            return sums, None
+        return torch.cat([sums[0::2], sums[1::2]]), None  # pairs: chosen block, then rejected block
     logits = forward(batch["input_ids"], batch["attention_mask"])[:, :-1]  # [2b, S-1, V]
     logps = gather_logprobs(logits, batch["input_ids"][:, 1:]) * batch["answer_mask"]  # [2b, S-1]
     return logps.sum(-1), logps

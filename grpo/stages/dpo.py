@@ -33,6 +33,7 @@ from grpo.metrics import progress, short
 from grpo.runtime.distributed import (all_gather_int, all_gather_objects, all_reduce_mean, barrier, device,
                                       lockstep_chunks, seed_everything, to_device)
 from grpo.runtime.engine import TrainEngine
+from grpo.runtime.faults import stop_if_requested
 from grpo.runtime.attention import attention_cost_ratio, uses_varlen_attention
 from grpo.runtime.models import load_model, load_weights
 from grpo.runtime.reference_cache import (ReferenceLogps, cache_file, cache_key, compute_reference_logps,
@@ -192,7 +193,7 @@ def evaluate_pairs(engine: TrainEngine, scorer: PairScorer, idx: list[int], micr
             _weighted(acc, stats, 0.0 if filler else len(chunk))  # same keys on every rank
     engine.train()
     acc["_n"] = float(len(idx))
-    total = all_reduce_mean(acc) if acc else {}
+    total = all_reduce_mean(acc)  # every rank calls it, whatever it holds
     n = max(total.pop("_n", 0.0), 1e-9)
     return {k: v / n for k, v in total.items()}
 
@@ -289,6 +290,7 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
     bar = progress(total=total_steps, initial=start_step, desc="dpo", enabled=ctx.show_progress)
     step = start_step
     while step < total_steps:
+        stop_if_requested("dpo", step, engine, save)  # SIGTERM/SIGINT on any rank: save, stop
         t0 = time.perf_counter()
         batch = [i for _, i in stream.take(p.batch_size)]
         acc: dict[str, float] = {}

@@ -22,6 +22,7 @@ from grpo.data.prompt_stream import PromptStream, request_seed
 from grpo.metrics import progress, short
 from grpo.runtime.distributed import all_gather_int, all_reduce_mean, barrier, device, seed_everything, to_device
 from grpo.runtime.engine import TrainEngine
+from grpo.runtime.faults import stop_if_requested
 from grpo.runtime.attention import attention_cost_ratio, uses_varlen_attention
 from grpo.runtime.models import load_model
 from grpo.runtime.rollout import Group, SamplingSpec
@@ -196,6 +197,7 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
 
     bar = progress(total=g.steps, initial=start_step, desc="grpo", enabled=ctx.show_progress)
     for step in range(start_step, g.steps):
+        stop_if_requested("grpo", step, engine, save)  # SIGTERM/SIGINT on any rank: save, stop
         timings = {"timing/weight_push": push_s}
         # ---- rollout + verification (with DAPO dynamic sampling) --------------------------------
         kept: list[tuple[Group, list[float]]] = []

@@ -35,6 +35,7 @@ from grpo.metrics import progress, short
 from grpo.runtime.distributed import (all_gather_int, all_reduce_mean, barrier, is_main_process, lockstep_chunks,
                                       seed_everything, to_device)
 from grpo.runtime.engine import TrainEngine
+from grpo.runtime.faults import stop_if_requested
 from grpo.runtime.attention import uses_varlen_attention
 from grpo.runtime.models import load_model
 from grpo.stages.context import StageContext
@@ -262,9 +263,14 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
         return {"eval/loss": loss, "eval/best_loss": stopper.best, "eval/bad_evals": stopper.bad_evals}
 
     engine.train()
-    bar = progress(total=total_steps, initial=start_step, desc="sft", enabled=ctx.show_progress)
+    # With early stopping the step budget is only an upper bound (~8 of 30 epochs in the embedded run): the bar
+    # counts steps and shows what is known instead: epochs so far, the best eval loss, evaluations of patience left.
+    early_stopping = evaluate and bool(s.eval_every) and s.patience > 0
+    bar = progress(total=None if early_stopping else total_steps, initial=start_step, desc="sft",
+                   enabled=ctx.show_progress)
     step, last_eval = start_step, None
     while step < total_steps and not stopped:
+        stop_if_requested("sft", step, engine, save)  # SIGTERM/SIGINT on any rank: save, stop
         t0 = time.perf_counter()
         batch_rows = [rows[i] for _, i in stream.take(rows_per_step)]
         micro = [collate(batch_rows[i:i + micro_rows], pad_id) for i in range(0, len(batch_rows), micro_rows)]
@@ -293,7 +299,12 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
             last_eval = step
         logger.log(step, record)
         bar.update(1)
-        bar.set_postfix(short(record, ["loss", "eval/loss", "tokens_per_second"]))
+        postfix = short(record, ["loss", "eval/loss", "tokens_per_second"])
+        if early_stopping:
+            postfix.update(epoch=f"{record['epoch']:.1f}/{s.epochs:g}", patience=f"{s.patience - stopper.bad_evals} left")
+            if math.isfinite(stopper.best):
+                postfix["best"] = f"{stopper.best:.4g}@{stopper.best_step}"
+        bar.set_postfix(postfix)
         if stopper.should_stop:
             say(f"\n[sft] early stop at step {step}: eval loss has not improved for {stopper.bad_evals} "
                 f"evaluations (best {stopper.best:.4f} at step {stopper.best_step})", flush=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from grpo.cli import main
+from grpo.runtime.distributed import env_without_rendezvous  # an in-process test may have set them
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml"))
@@ -62,3 +63,41 @@ def test_unknown_flag_is_refused(capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "configs/tiny_arith.yaml", "--nprocs", "2"])
     assert e.value.code == 2
+
+
+def _hosted_pair(i: int, drop: str | None = None) -> str:
+    import json
+
+    row = {"input": {"messages": [{"role": "user", "content": f"What is {i} + 1?"}]},
+           "preferred_output": [{"role": "assistant", "content": str(i + 1)}],
+           "non_preferred_output": [{"role": "assistant", "content": str(i + 2)}]}
+    row.pop(drop, None)
+    return json.dumps(row)
+
+
+@pytest.mark.parametrize("launch", [[], ["--nproc", "2"]], ids=["one process", "nproc 2"])
+def test_a_bad_data_row_is_one_line_and_exit_2_on_a_training_command(tmp_path, launch):
+    """Found before any rank starts: one line naming the file and row, not a traceback per rank."""
+    prefs = tmp_path / "prefs.jsonl"
+    prefs.write_text("\n".join([_hosted_pair(0), _hosted_pair(1), _hosted_pair(2),
+                                _hosted_pair(3, drop="non_preferred_output"), _hosted_pair(4)]) + "\n")
+    cmd = [sys.executable, "-m", "grpo.cli", "dpo", "configs/tiny_arith.yaml", *launch,
+           f"output_dir={tmp_path / 'runs'}", f"model.tiny_dir={tmp_path / 'tiny'}", "dpo.pairs=file",
+           f"dpo.pairs_file={prefs}", "data.arithmetic.n_sft=50", "data.arithmetic.n_rl=50"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120, env=env_without_rendezvous())
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"grpo: data error: {prefs}: row 3 (line 4)"), lines[0]
+    assert "non_preferred_output" in lines[0]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.safetensors"))
+
+
+def test_an_unloadable_verifier_plugin_is_one_line_and_exit_2(tmp_path):
+    cmd = [sys.executable, "-m", "grpo.cli", "train", "configs/tiny_arith.yaml", f"output_dir={tmp_path / 'runs'}",
+           f"model.tiny_dir={tmp_path / 'tiny'}", "verifiers=[{name: no_such_module:reward}]",
+           "data.arithmetic.n_sft=50", "data.arithmetic.n_rl=50"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120, env=env_without_rendezvous())
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("grpo: config error: verifiers[0].name:") and "no_such_module" in lines[0]

@@ -75,7 +75,7 @@ STAGES = {name for name, path in MODULES.items() if name.startswith("grpo.stages
 def test_the_rooms_and_stages_are_found():
     # guards the test itself: a walk that found nothing would pass every rule below
     assert {room_of(m) for m in MODULES} >= set(ROOMS)
-    assert STAGES == {"grpo.stages.sft", "grpo.stages.dpo", "grpo.stages.grpo"}
+    assert STAGES == {"grpo.stages.sft", "grpo.stages.dpo", "grpo.stages.kto", "grpo.stages.grpo"}
     assert "torch" in IMPORTS["grpo.algorithms.advantages"]
 
 

@@ -92,6 +92,8 @@ def test_quadratic_work_on_degenerate_completions_is_avoided():
     started = time.monotonic()
     assert score("\\boxed{" * 5000, "7").info["reason"] == "no_answer"
     assert score("<answer>" * 5000, "7").info["reason"] == "no_answer"
+    for opener in ("\\[", "$$", "\\(", "$"):  # unclosed math environments, found in one pass
+        assert score(opener * 5000, "7").reward == 0.0
     assert time.monotonic() - started < 2.0
 
 
@@ -132,11 +134,11 @@ def test_model_text_never_reaches_parse_expr(monkeypatch):
 
 def test_info_says_what_was_extracted_and_why():
     right = score("so \\boxed{0.5}", r"\frac12")
-    assert right == Score(1.0, {"extracted": "0.5", "source": "boxed", "match": "exact"})
+    assert right == Score(1.0, {"extracted": "0.5", "source": "boxed", "parsed": True, "match": "exact"})
     wrong = score("so \\boxed{0.6}", r"\frac12")
     assert wrong.reward == 0.0 and wrong.info["reason"] == "mismatch"
     none = score("I give up", r"\frac12", extraction="strict")
-    assert none.info == {"extracted": None, "reason": "no_answer"}
+    assert none.info == {"extracted": None, "reason": "no_answer", "parsed": False}
 
 
 def test_extraction_strictness():
@@ -253,7 +255,7 @@ def test_extraction_sources():
     assert extract_answer(r"\boxed{a} then \boxed{b}").text == "b"
     assert extract_answer(r"\boxed{\boxed{20}}").text == "20"
     assert extract_answer("<answer> 12 </answer>").source == "answer_tag"
-    assert extract_answer("The final answer is $x^2$. Done.").text == "$x^2$"
+    assert extract_answer("The final answer is $x^2$. Done.").text == "x^2"
     assert extract_answer("Answer: 3.5.").text == "3.5"
     assert extract_answer("#### 1,234").text == "1,234"
     assert extract_answer("we get 12 and then -3.5").text == "-3.5"
@@ -290,3 +292,81 @@ def test_parsed_structures():
     assert isinstance(parse_answer("Monday"), Text)
     assert isinstance(parse_answer(r"\frac{1}{2}"), Scalar)
     assert isinstance(parse_answer("(1, 2), (3, 4)"), Collection)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 17: what real models write, and what info says about it
+
+
+def test_info_tells_unparsable_from_wrong():
+    wrong = score(r"\boxed{(1, 3)}", "(1, 2)")
+    assert wrong.info["reason"] == "mismatch" and wrong.info["parsed"] is True
+    unreadable = score(r"\boxed{(1, 2}", "(1, 2)")
+    assert unreadable.info["reason"] == "unparsable" and unreadable.info["parsed"] is False
+    assert score("no idea", "(1, 2)", extraction="strict").info["parsed"] is False
+    assert score(r"\boxed{(1, 2)}", "(1, 2)").info["parsed"] is True
+
+
+def test_an_unparsable_reference_credits_nothing():
+    # Two strings that fail to parse the same way are not the same answer.
+    for reference in [r"(1, 2", r"\boxed{}", "$$", r"2 < 3 = x"]:
+        result = score(r"\boxed{" + reference + "}", reference)
+        assert result.reward == 0.0, reference
+    assert score(r"\boxed{(1, 2}", "(1, 2").info["reason"] == "unparsable_reference"
+    # A reference written in words is readable: the same words are credited.
+    assert score(r"\boxed{\text{No real roots}}", r"\text{no real roots}").reward == 1.0
+
+
+def test_answer_in_a_math_environment_without_a_box():
+    assert score(r"so the range is $(2, +\infty)$.", r"$$(2, +\infty)$$").info["source"] == "latex"
+    assert score(r"so the range is $(2, +\infty)$.", r"$$(2, +\infty)$$").reward == 1.0
+    assert score("We get\n\\[\n\\frac{7}{9}\n\\]", r"\frac79").reward == 1.0
+    assert score(r"It is $8:30$.", "8:30").reward == 1.0          # not "30" by the last number
+    assert score(r"Then $P = (0, 4)$.", "P = (0, 4)").reward == 1.0  # not "4"
+    # strict mode reads marked answers only
+    assert score(r"so the range is $(2, +\infty)$.", r"(2, \infty)", extraction="strict").info["reason"] == "no_answer"
+
+
+def test_a_completion_cut_off_while_thinking_has_no_answer():
+    assert score(r"<think>so it is \boxed{5}, but let me check", "5").info["reason"] == "no_answer"
+    assert score(r"<think>draft \boxed{4}</think> so \boxed{5}", "5").reward == 1.0
+
+
+def test_boxes_that_form_one_answer_are_joined_but_not_any_two_boxes():
+    assert score(r"\boxed{(3, 1)} \quad \text{and} \quad \boxed{(0, 2)}", "(0, 2), (3, 1)").reward == 1.0
+    assert score(r"\boxed{u = 4} \text{ and } \boxed{w = 9}", "w = 9, u = 4").reward == 1.0
+    assert score(r"$$\boxed{12}$$ \boxed{30}", "30").reward == 1.0   # two separate displays: the last
+    assert score(r"\boxed{12} is my first guess; the answer is \boxed{30}", "30").reward == 1.0
+    assert score(r"\boxed{3}", r"\boxed{3} cats and \boxed{4} dogs").reward == 0.0
+    assert score(r"\boxed{3, 4}", r"\boxed{3} cats and \boxed{4} dogs").reward == 1.0
+
+
+def test_intervals_inequalities_and_chains():
+    assert score(r"\boxed{(-40, 7)}", r"-40 < c < 7").reward == 1.0
+    assert score(r"\boxed{(0, 1)}", r"0 < h(x) < 1").reward == 1.0
+    assert score(r"\boxed{-y > -3}", r"y < 3").reward == 1.0
+    assert score(r"\boxed{f(1) < f(3) < f(0)}", r"f(1) < f(3) < f(0)").reward == 1.0
+    assert score(r"\boxed{f(3) < f(1) < f(0)}", r"f(1) < f(3) < f(0)").reward == 0.0
+
+
+def test_named_values_and_equations():
+    assert score(r"\boxed{9}", "|MN| = 9").reward == 1.0
+    assert score(r"\boxed{9}", "g(4) = 9").reward == 1.0
+    assert score(r"\boxed{9}", "2y + z = 9").reward == 0.0          # an equation, not a name
+    assert score(r"\boxed{b = 2, a = 1}", "a = 1, b = 2").reward == 1.0
+    assert score(r"\boxed{7 \times 6 = 42}", "42").reward == 1.0
+
+
+def test_base_numerals_times_ratios_and_mixed_numbers():
+    assert score(r"\boxed{1011_2}", "11").reward == 1.0
+    assert score(r"\boxed{7:30}", "7:30").reward == 1.0 and score(r"\boxed{7:00}", "7:30").reward == 0.0
+    assert score(r"\boxed{3:6}", "1:2").reward == 1.0
+    assert score("The answer is 2 3/4.", r"\frac{11}{4}").reward == 1.0
+    assert score("The answer is 2 3/4.", "2").reward == 0.0
+
+
+def test_last_number_fallback_is_careful():
+    assert score("QX7B", "7").reward == 0.0                          # glued to a word: no number
+    assert score(r"so it is $3^{4}.$", "3").reward == 0.0            # the formula, not its first digit
+    result = score("Each of the 12 rows holds 15 seats, 180 in all.", "180")
+    assert result.reward == 1.0 and result.info["source"] == "last_number"

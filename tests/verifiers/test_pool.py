@@ -164,3 +164,30 @@ def test_warns_when_pool_timeout_is_below_a_verifiers_own_limit(plugins, caplog,
         composite = verifiers.build([{"name": "plugin_examples:ExactMatch"}], workers=1, timeout_s=10)
     composite.close()
     assert any("up to 60 s per item" in r.getMessage() for r in caplog.records)
+
+
+def test_items_travel_in_chunks(plugins):
+    with ScoringPool(identity_recipe(verifiers.get("plugin_examples:moody")), workers=2, timeout_s=5) as pool:
+        scores = pool.score_batch([f"item {i}" for i in range(200)], [{}] * 200)
+        assert [s.reward for s in scores] == [1.0] * 200
+        # 200 items, 2 workers: chunks of 50 then smaller ones, never one round trip per item.
+        assert pool.stats.chunks <= 20, pool.stats.chunks
+        assert pool.metrics()["verifier/chunks"] == pool.stats.chunks
+
+
+def test_a_stuck_item_in_a_chunk_only_costs_itself(plugins):
+    with ScoringPool(identity_recipe(verifiers.get("plugin_examples:moody")), workers=1, timeout_s=1.0) as pool:
+        completions = ["a", "b", "hang", "c", "raise", "d", "e", "f"]
+        scores = pool.score_batch(completions, [{}] * len(completions))
+    assert [s.reward for s in scores] == [1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0]
+    assert scores[2].info["error"] == "timeout" and scores[4].info["error"].startswith("ValueError")
+    assert pool.stats.timeouts == 1 and pool.stats.chunks < len(completions)
+
+
+def test_unpicklable_example_in_a_chunk_fails_alone(plugins):
+    with ScoringPool(identity_recipe(verifiers.get("plugin_examples:moody")), workers=1, timeout_s=5) as pool:
+        examples = [{}] * 10
+        examples[4] = {"answer": lambda: 1}
+        scores = pool.score_batch([f"x{i}" for i in range(10)], examples)
+    assert [s.reward for s in scores] == [1.0] * 4 + [0.0] + [1.0] * 5
+    assert scores[4].info["error"].startswith("cannot send item")

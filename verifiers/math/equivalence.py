@@ -24,10 +24,10 @@ from fractions import Fraction
 from typing import Any
 
 from .evaluate import (
-    DEFAULT_LIMITS, Limits, TooLarge, Undefined, exact_value, has_decimal, sympy_from_latex, to_sympy,
+    DEFAULT_LIMITS, Limits, TooLarge, Undefined, exact_value, has_calculus, has_decimal, sympy_from_latex, to_sympy,
 )
 from .numeric import NumericFailure, evaluate, make_context, relative_difference, symbols_of
-from .parse import Collection, Interval, Matrix, Relation, Scalar, Text, Union
+from .parse import Chain, Collection, Interval, Matrix, Relation, Scalar, Text, Union
 
 
 class SymbolicTimeout(Exception):
@@ -85,6 +85,10 @@ def _compare(reference: Any, response: Any, context: _Context) -> Verdict:
     if _text_of(reference) and _text_of(reference) == _text_of(response):
         return Verdict(True, "string")
     if isinstance(reference, Text) or isinstance(response, Text):
+        if _says_empty(reference) and _says_empty(response):
+            return Verdict(True, "structural")  # "no solution" and the empty set
+        if _says_all_reals(reference) and _says_all_reals(response):
+            return Verdict(True, "structural")  # "all real numbers" and (-oo, oo)
         equal = Text.of(_text_of(reference)) .text == Text.of(_text_of(response)).text
         return Verdict(equal, "string" if equal else "mismatch")
     # "x = 3" against "3": the assignment's value is the answer.
@@ -92,6 +96,8 @@ def _compare(reference: Any, response: Any, context: _Context) -> Verdict:
         return _compare(reference.rhs, response, context)
     if isinstance(response, Relation) and not isinstance(reference, Relation) and _is_assignment(response):
         return _compare(reference, response.rhs, context)
+    if _is_ratio(reference) or _is_ratio(response):
+        return _compare_ratios(reference, response, context)
     if isinstance(reference, Matrix) or isinstance(response, Matrix):
         return _compare_matrices(reference, response, context)
     if isinstance(reference, Collection) or isinstance(response, Collection):
@@ -104,7 +110,29 @@ def _compare(reference: Any, response: Any, context: _Context) -> Verdict:
         return _match_unordered(reference.parts, response.parts, context)
     if isinstance(reference, Relation) and isinstance(response, Relation):
         return _compare_relations(reference, response, context)
+    if isinstance(reference, Chain) and isinstance(response, Chain):
+        if reference.ops != response.ops:
+            return Verdict(False, "mismatch")
+        return _match_ordered(reference.sides, response.sides, context)
     return Verdict(False, "mismatch")
+
+
+_NO_SOLUTION_WORDS = frozenset({"nosolution", "nosolutions", "norealsolution", "norealsolutions", "none",
+                                "therearenosolutions", "thereisnosolution", "emptyset"})
+_ALL_REALS_WORDS = frozenset({"allrealnumbers", "allreals", "allrealx", "everyrealnumber"})
+
+
+def _says_empty(value: Any) -> bool:
+    if isinstance(value, Text):
+        return value.text in _NO_SOLUTION_WORDS
+    return isinstance(value, Collection) and value.kind == "set" and not value.items
+
+
+def _says_all_reals(value: Any) -> bool:
+    if isinstance(value, Text):
+        return value.text in _ALL_REALS_WORDS
+    return isinstance(value, Interval) and not value.left_closed and not value.right_closed \
+        and value.low.ast == ("neg", ("c", "oo")) and value.high.ast == ("c", "oo")
 
 
 def _is_assignment(relation: Relation) -> bool:
@@ -114,6 +142,43 @@ def _is_assignment(relation: Relation) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # Structures
+
+
+def _is_ratio(value: Any) -> bool:
+    return isinstance(value, Collection) and value.kind in ("ratio", "time")
+
+
+def _compare_ratios(reference: Any, response: Any, context: _Context) -> Verdict:
+    """Times (`12:30`) are equal only part by part; ratios also when proportional (`3:4` and
+    `6:8`) and against the quotient they stand for (`3:4` and `\\frac34`)."""
+    if _is_ratio(reference) and _is_ratio(response):
+        direct = _match_ordered(reference.items, response.items, context)
+        # Two times of day are equal only when written alike; `2:5` against `4:10` is a ratio.
+        if direct.equal or reference.kind == response.kind == "time" or len(reference.items) != len(response.items):
+            return direct
+        return _proportional(reference.items, response.items, context)
+    ratio, other = (reference, response) if _is_ratio(reference) else (response, reference)
+    if ratio.kind == "time" or len(ratio.items) != 2 or not isinstance(other, Scalar):
+        return Verdict(False, "mismatch")
+    numerator, denominator = ratio.items
+    if numerator.ast is None or denominator.ast is None:
+        return Verdict(False, "mismatch")
+    quotient = Scalar(ratio.text, ("/", numerator.ast, denominator.ast))
+    if ratio is reference:
+        return compare_scalars(quotient, other, context)
+    return compare_scalars(other, quotient, context)
+
+
+def _proportional(first: list, second: list, context: _Context) -> Verdict:
+    """a1:a2:... and b1:b2:... name the same ratio when a_i * b_0 = b_i * a_0 for all i."""
+    if any(item.ast is None for item in first + second):
+        return Verdict(False, "mismatch")
+    for a, b in zip(first[1:], second[1:]):
+        left = Scalar(f"({a.text})*({second[0].text})", ("*", [a.ast, second[0].ast]))
+        right = Scalar(f"({b.text})*({first[0].text})", ("*", [b.ast, first[0].ast]))
+        if not compare_scalars(left, right, context).equal:
+            return Verdict(False, "mismatch")
+    return Verdict(True, "exact")
 
 
 def _compare_collections(reference: Any, response: Any, context: _Context) -> Verdict:
@@ -221,7 +286,8 @@ def _compare_relations(reference: Relation, response: Relation, context: _Contex
     if reference.op != response.op:
         return Verdict(False, "mismatch")
     if _is_assignment(reference) and _is_assignment(response):
-        if reference.lhs.ast != response.lhs.ast:
+        # `P(x) = 1` and `p(x) = 1` name the same thing; `x = 3` and `y = 3` do not.
+        if reference.lhs.ast[1].casefold() != response.lhs.ast[1].casefold():
             return Verdict(False, "mismatch")
         return _compare(reference.rhs, response.rhs, context)
     direct = _match_ordered([reference.lhs, reference.rhs], [response.lhs, response.rhs], context)
@@ -243,7 +309,7 @@ def _equations_proportional(reference: Relation, response: Relation, context: _C
     except (TooLarge, Undefined, ValueError):
         return Verdict(False, "mismatch")
     symbols = first.free_symbols | second.free_symbols
-    if not symbols or first.free_symbols != second.free_symbols:
+    if not symbols or first.free_symbols != second.free_symbols or has_calculus(first) or has_calculus(second):
         return Verdict(False, "mismatch")
     ratios = []
     for point in _points(symbols):
@@ -416,6 +482,8 @@ def _sympy_equal(a, b, tolerance: float, context: _Context) -> Verdict:
 
     if a == b:
         return Verdict(True, "symbolic")
+    if has_calculus(a) or has_calculus(b):
+        return Verdict(False, "mismatch")  # sums and integrals: by form only, never evaluated
     if not a.free_symbols and not b.free_symbols:
         context.check_time()
         equal = _numbers_close(a, b, tolerance)

@@ -466,6 +466,12 @@ _SAFE_FUNCTIONS = frozenset(
 _SMALL_ARGUMENT = 1000
 
 
+def has_calculus(expr) -> bool:
+    """Whether a sympy expression holds an unevaluated sum, integral, limit, ...: those are
+    compared by form only (evaluating them is unbounded work)."""
+    return any(type(node).__name__ in _UNEVALUATED_CALCULUS for node in _sympy().preorder_traversal(expr))
+
+
 def _rebuild(expr, limits: Limits):
     """Evaluate latex2sympy's `evaluate=False` tree bottom-up, guarding every step whose cost
     grows with its arguments (powers, factorials, gamma, ...)."""
@@ -475,7 +481,8 @@ def _rebuild(expr, limits: Limits):
     if isinstance(expr, sympy.UnevaluatedExpr):
         return _rebuild(expr.args[0], limits)
     if type(expr).__name__ in _UNEVALUATED_CALCULUS:
-        raise TooLarge("calculus is compared by its written form only")
+        # Kept unevaluated (never `doit()`): compared by form, factors in sympy's own order.
+        return expr.func(*[_rebuild(arg, limits) if not isinstance(arg, sympy.Tuple) else arg for arg in expr.args])
     args = [_rebuild(arg, limits) for arg in expr.args]
     if isinstance(expr, sympy.Pow):
         return guarded_power(args[0], args[1], limits)

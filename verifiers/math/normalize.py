@@ -9,6 +9,7 @@ which keeps both readings.
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 # Unicode a model may emit instead of LaTeX.
 _UNICODE = {
@@ -22,14 +23,15 @@ _UNICODE = {
 _WRAPPERS = (
     "text", "textbf", "textit", "textrm", "textsf", "texttt", "mathrm", "mathbf", "mathit",
     "mathsf", "mathtt", "mathnormal", "boldsymbol", "bm", "mbox", "hbox", "operatorname",
-    "displaystyle", "emph",
+    "displaystyle", "emph", "textnormal", "textup", "mathbb", "mathcal", "mathscr", "pmb",
 )
 _WRAPPER_RE = re.compile(r"\\(" + "|".join(_WRAPPERS) + r")\s*\{")
 
 # Spacing and sizing commands that carry no meaning.
 _NOISE_RE = re.compile(
     r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr|Biggl|Biggr|big|Big|bigg|Bigg|displaystyle"
-    r"|textstyle|scriptstyle|limits|nolimits|quad|qquad|hfill|mathstrut)(?![a-zA-Z])"
+    r"|textstyle|scriptstyle|limits|nolimits|hfill|mathstrut)(?![a-zA-Z])"
+    r"|\\q?quad"  # no command starts with "quad": `\quadx_2` is `\quad x_2`
 )
 _SPACING_RE = re.compile(r"(?<!\\)\\[!,;:> ]|~")  # not the `\\ ` of a matrix row break
 
@@ -49,15 +51,18 @@ MATH_WORDS = frozenset(
 )
 # A trailing run of words after a number-ish end, optionally squared/cubed: "5 cm^2", "12 apples".
 _TRAILING_UNIT_RE = re.compile(
-    r"^(?P<value>.*?[0-9}\)\]])\s*(?P<unit>(?<![\\a-zA-Z])[a-zA-Z]{2,}\.?(?:\s+[a-zA-Z]+\.?)*)"
+    r"^(?P<value>.*?[0-9}\)\]])\s*(?P<unit>(?<![\\a-zA-Z])(?:[a-zA-Z]+/[a-zA-Z]+|[a-zA-Z]{2,})\.?"
+    r"(?:\s+[a-zA-Z]+\.?)*)"
     r"\s*(?:\^\s*\{?\s*[23]\s*\}?)?$"
 )
 _LEADING_WORDS_RE = re.compile(r"^(?:the\s+)?(?:answer|result|value|solution)s?\s*(?:is|:|=)\s*", re.IGNORECASE)
 
-_WHOLE_THOUSANDS_RE = re.compile(r"^[-+]?\d{1,3}(?:(?:,|\{,\}|\\,|\s)\d{3})+(?:\.\d+)?$")
+# "0,111" is a decimal comma, never a thousands separator.
+_WHOLE_THOUSANDS_RE = re.compile(r"^[-+]?[1-9]\d{0,2}(?:(?:,|\{,\}|\\,|\s)\d{3})+(?:\.\d+)?$")
+_MIXED_NUMBER_RE = re.compile(r"^([-+]?\d+)\s+(\d+)\s*/\s*(\d+)$")  # "4 4/9", the whole answer
 _WHOLE_EUROPEAN_RE = re.compile(r"^[-+]?\d{1,3}(?:\.\d{3})+,\d+$")
 _SCIENTIFIC_RE = re.compile(r"^([-+]?\d+(?:\.\d+)?)[eE]([-+]?\d+)$")  # 1.5e-3, the whole answer
-_BRACED_COMMA_RE = re.compile(r"(?<=\d)\{,\}(?=\d)")
+_BRACED_COMMA_RE = re.compile(r"(?<=\d)\s*\{\s*,\s*\}\s*(?=\d)|(?<=\d),\s*\\!\s*(?=\d)")
 
 
 def unwrap_command(text: str, pattern: re.Pattern) -> str:
@@ -114,12 +119,34 @@ def _normalize_single_number(text: str) -> str:
     return text
 
 
+# Units a writer glues to the number ("5cm"); other short letter runs after a number are
+# variables ("2xy" is 2·x·y).
+_ATTACHED_UNITS = frozenset(
+    "cm mm km dm kg mg ml cl hr hrs min mins sec secs ft yd mi lb lbs oz mph kph pct cm2 sq st nd rd th".split()
+)
+
+
+_REPEATING_RE = re.compile(r"(\d*)\.(\d*)\\overline\s*\{(\d+)\}")
+_CHOICE_WITH_VALUE_RE = re.compile(r"^\(([A-E])\)\s*\S.*$")
+
+
+def _repeating_decimal(match: re.Match) -> str:
+    """`0.1\\overline{6}` is 1/6: the exact fraction of a repeating decimal."""
+    whole, fixed, repeat = match.group(1) or "0", match.group(2), match.group(3)
+    value = Fraction(int(whole)) + Fraction(int(fixed or "0"), 10 ** len(fixed))
+    value += Fraction(int(repeat), (10 ** len(repeat) - 1) * 10 ** len(fixed))
+    return f"\\frac{{{value.numerator}}}{{{value.denominator}}}"
+
+
 def _strip_trailing_unit(text: str) -> str:
     match = _TRAILING_UNIT_RE.match(text)
     if match is None:
         return text
     words = re.findall(r"[a-zA-Z]+", match.group("unit"))
     if any(word.lower() in MATH_WORDS for word in words):
+        return text
+    attached = match.end("value") == match.start("unit")
+    if attached and words[0].lower() not in _ATTACHED_UNITS and len(words[0]) < 4:
         return text
     return match.group("value").strip()
 
@@ -131,16 +158,24 @@ def normalize_answer(text: str) -> str:
         if char in text:
             text = text.replace(char, replacement)
     text = strip_math_delimiters(text)
+    if "\\\\" in text and "\\begin" not in text:
+        # `\\frac`, `\\left(`: LaTeX escaped twice (a JSON or code string printed raw). Outside
+        # a matrix, `\\` followed by a letter is never a line break.
+        text = re.sub(r"\\\\(?=[a-zA-Z])", r"\\", text)
     text = _LEADING_WORDS_RE.sub("", text)
     text = re.sub(r"\\[dt]frac(?![a-zA-Z])", r"\\frac", text)
     text = re.sub(r"\\[dt]binom(?![a-zA-Z])", r"\\binom", text)
     text = text.replace("\\{", "\x00LB").replace("\\}", "\x00RB")  # protect set braces
+    # The reals as a set, and vectors written with angle brackets, before `\mathbb{}` is unwrapped.
+    text = re.sub(r"\\mathbb\s*\{\s*R\s*\}|\\R(?![a-zA-Z])", r"(-\\infty, \\infty)", text)
+    text = re.sub(r"\\langle(?![a-zA-Z])", "(", text)
+    text = re.sub(r"\\rangle(?![a-zA-Z])", ")", text)
     text = unwrap_command(text, _WRAPPER_RE)
     text = text.replace("\x00LB", "\\{").replace("\x00RB", "\\}")
     text = _BRACED_COMMA_RE.sub(",", text)
     # `1\,000` and `1\!000` are thousands; elsewhere thin spaces are just spacing.
     text = re.sub(r"(?<=\d)\\[,!](?=\d{3}(?!\d))", ",", text)
-    text = _NOISE_RE.sub("", text)
+    text = _NOISE_RE.sub(" ", text)
     text = _SPACING_RE.sub(" ", text)
     if _TRIG_RE.search(text):
         # Inside trigonometry a degree mark changes the value: sin 30° = sin(pi/6).
@@ -152,7 +187,7 @@ def normalize_answer(text: str) -> str:
     text = re.sub(r"\\(?:infty|infinity)|\binfinity\b", r"\\infty ", text)
     text = text.replace("**", "^")
     text = re.sub(r"\s+", " ", text).strip()
-    text = text.rstrip(".").rstrip()
+    text = text.rstrip(".,;").rstrip()
     text = strip_math_delimiters(text)
     text = _strip_trailing_unit(text)
     # Single-character LaTeX arguments: `\frac12`, `\frac{a}2`, `\sqrt2`.
@@ -160,5 +195,10 @@ def normalize_answer(text: str) -> str:
     text = re.sub(r"\\frac\s*(\{[^{}]*\})\s*([0-9a-zA-Z])", r"\\frac\1{\2}", text)
     text = re.sub(r"\\sqrt\s*(\d)", r"\\sqrt{\1}", text)
     text = _normalize_single_number(text)
+    if "overline" in text:
+        text = _REPEATING_RE.sub(_repeating_decimal, text)
+    # "(E) 12": a multiple-choice answer is its letter.
+    text = _CHOICE_WITH_VALUE_RE.sub(r"\1", text)
+    text = _MIXED_NUMBER_RE.sub(r"\1\\frac{\2}{\3}", text)
     text = _SCIENTIFIC_RE.sub(r"\1 \\times 10^{\2}", text)
     return text.strip()

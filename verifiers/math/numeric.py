@@ -13,6 +13,8 @@ import functools
 from fractions import Fraction
 from typing import Any
 
+from .evaluate import exact_value
+
 
 class NumericFailure(ArithmeticError):
     """This AST cannot be evaluated numerically here; use the sympy path."""
@@ -100,7 +102,13 @@ def _evaluate(node, ctx, point):
     if tag == "neg":
         return -_evaluate(node[1], ctx, point)
     if tag == "^":
-        return _power(_evaluate(node[1], ctx, point), _evaluate(node[2], ctx, point), ctx)
+        base = _evaluate(node[1], ctx, point)
+        odd_root = _odd_root_exponent(node[2])
+        if odd_root is not None and ctx.im(base) == 0 and ctx.re(base) < 0:
+            # x^{2/3} of a negative x is real in school maths, as the cube root squared is.
+            magnitude = ctx.power(-ctx.re(base), ctx.mpf(odd_root.numerator) / odd_root.denominator)
+            return magnitude if odd_root.numerator % 2 == 0 else -magnitude
+        return _power(base, _evaluate(node[2], ctx, point), ctx)
     if tag == "!":
         argument = _evaluate(node[1], ctx, point)
         if abs(argument) > MAX_FACTORIAL_ARGUMENT:
@@ -111,6 +119,19 @@ def _evaluate(node, ctx, point):
     if tag == "f":
         return _function(node[1], [_evaluate(arg, ctx, point) for arg in node[2]], ctx)
     raise NumericFailure(f"cannot evaluate {tag!r}")
+
+
+def _odd_root_exponent(node) -> Fraction | None:
+    """The exponent when it is a literal rational with an odd denominator above 1 (`2/3`)."""
+    if node[0] not in ("/", "n", "neg"):
+        return None
+    try:
+        value = exact_value(node)
+    except ArithmeticError:
+        return None
+    if value is None or value.denominator == 1 or value.denominator % 2 == 0:
+        return None
+    return value
 
 
 def _power(base, exponent, ctx):

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from .evaluate import TooLarge, Undefined, exact_value
+from .numeric import symbols_of
 from .tokens import Token, tokenize
 
 
@@ -86,19 +88,35 @@ class Relation:
 
 
 @dataclass(eq=False)
+class Chain:
+    """An inequality chain that is not an interval: `f(2) < f(1) < f(4)` (ops are "<"/"<=",
+    written left to right after flipping ">" chains)."""
+    ops: list
+    sides: list                   # Scalars
+    text: str = ""
+
+
+@dataclass(eq=False)
 class Text:
     text: str                     # casefolded, spaces removed: compared as a string
+    # True: written in words ("Monday", "no solution"), a legitimate text answer. False: maths
+    # the parser could not read (unbalanced brackets, a chain it does not understand).
+    words: bool = True
 
     @staticmethod
-    def of(raw: str) -> "Text":
-        return Text(re.sub(r"[\s{}]|\\text|\\mathrm", "", raw).strip(".").casefold())
+    def of(raw: str, words: bool = True) -> "Text":
+        return Text(re.sub(r"[\s{}]|\\text|\\mathrm", "", raw).strip(".").casefold(), words)
 
 
+# A matrix environment inside brackets: `\left[\begin{array}...\end{array}\right]`.
+_BRACKETED_MATRIX_RE = re.compile(r"^[(\[]\s*(\\begin\{.*\\end\{[a-zA-Z]+\})\s*[)\]]$", re.DOTALL)
 _MATRIX_RE = re.compile(
-    r"^\\begin\{(?P<env>[pbvBV]?matrix|smallmatrix|array)\}(?:\{[^{}]*\})?(?P<body>.*)\\end\{(?P=env)\}$",
+    r"\\begin\{(?P<env>[pbvBV]?matrix|smallmatrix|array)\}(?:\{[^{}]*\})?(?P<body>.*?)\\end\{(?P=env)\}",
     re.DOTALL,
 )
-_AMBIGUOUS_DECIMAL_COMMA_RE = re.compile(r"^[-+]?\d+,(?!\d{3}$)\d+$")
+# What may stand between two matrices of a sum or product: `+`, `-`, `\cdot`, `\times`, nothing.
+_MATRIX_OPERATORS = {"+": "+", "-": "-", "": "*", "\\cdot": "*", "\\times": "*", "*": "*"}
+_AMBIGUOUS_DECIMAL_COMMA_RE = re.compile(r"^[-+]?(?:0,\d+|\d+,(?!\d{3}$)\d+)$")
 _OPENERS = {"(": ")", "[": "]", "{": "}", "\\{": "\\}"}
 _MAX_PM_VARIANTS = 8
 
@@ -111,18 +129,35 @@ def parse_answer(text: str) -> Any:
     """The structured value of one normalized answer string. Never raises: what cannot be
     read as maths becomes `Text`."""
     try:
-        matrix = _MATRIX_RE.match(text.strip())
-        if matrix:
-            return _parse_matrix(matrix.group("body"), text)
+        bracketed = _BRACKETED_MATRIX_RE.match(text.strip())
+        if bracketed:
+            text = bracketed.group(1)
+        if "\\begin{" in text:
+            matrix = _parse_matrix_expression(text.strip())
+            if matrix is not None:
+                return matrix
         tokens = tokenize(text)
-        if not tokens or any(token.kind == "word" for token in tokens):
-            return Text.of(text)
+        if not tokens:
+            return Text.of(text, words=False)
+        words = [index for index, token in enumerate(tokens) if token.kind == "word"]
+        if words:
+            # Words without numbers are a text answer, and so is a named function the grammar
+            # does not know (`lcm(4, 6)`: compared as written); words mixed with numbers
+            # ("7 (or maybe 8)") are neither text nor maths we can read.
+            readable = all(_is_call(tokens, index) for index in words) or not any(c.isdigit() for c in text)
+            return Text.of(text, words=readable)
         value = _Structure(text, tokens).parse()
         if isinstance(value, Collection) and _AMBIGUOUS_DECIMAL_COMMA_RE.match(text.strip()):
             value.decimal_reading = _scalar_from_text(text.strip().replace(",", "."))
         return value
     except (ParseError, RecursionError):  # RecursionError: absurdly deep nesting
-        return Text.of(text)
+        return Text.of(text, words=False)
+
+
+def _is_call(tokens: list[Token], index: int) -> bool:
+    """A word right before "(" names a function (`lcm(4, 6)`, `\\operatorname{lcm}(4, 6)`)."""
+    following = tokens[index + 1] if index + 1 < len(tokens) else None
+    return following is not None and following.kind == "open" and following.value == "("
 
 
 def _parse_matrix(body: str, text: str) -> Any:
@@ -132,8 +167,57 @@ def _parse_matrix(body: str, text: str) -> Any:
             continue
         rows.append([_scalar_from_text(cell.strip()) for cell in row_text.split("&")])
     if not rows or len({len(row) for row in rows}) != 1:
-        return Text.of(text)
+        return Text.of(text, words=False)
     return Matrix(rows, text)
+
+
+def _parse_matrix_expression(text: str) -> Any:
+    """A matrix, or a sum / product of matrices with rational entries, computed exactly
+    (`\\begin{pmatrix}...\\end{pmatrix} + \\begin{pmatrix}...\\end{pmatrix}`). None when `text`
+    is not made of matrices alone (a matrix inside a larger expression is left to the rest)."""
+    matches = list(_MATRIX_RE.finditer(text))
+    if not matches or matches[0].start() != 0 or matches[-1].end() != len(text):
+        return None
+    operators = [text[a.end():b.start()].strip() for a, b in zip(matches, matches[1:])]
+    if any(operator not in _MATRIX_OPERATORS for operator in operators):
+        return None
+    matrices = [_parse_matrix(match.group("body"), match.group(0)) for match in matches]
+    if len(matrices) == 1 or any(not isinstance(matrix, Matrix) for matrix in matrices):
+        return matrices[0] if len(matrices) == 1 else Text.of(text, words=False)
+    try:
+        values = [_rational_rows(matrix) for matrix in matrices]
+        terms, signs = [values[0]], [1]
+        for operator, value in zip(operators, values[1:]):
+            if _MATRIX_OPERATORS[operator] == "*":
+                terms[-1] = _matrix_product(terms[-1], value)
+            else:
+                terms.append(value)
+                signs.append(1 if operator == "+" else -1)
+        result = terms[0]
+        for sign, term in zip(signs[1:], terms[1:]):
+            if len(term) != len(result) or len(term[0]) != len(result[0]):
+                raise ParseError("matrices of different shapes")
+            result = [[a + sign * b for a, b in zip(row_a, row_b)] for row_a, row_b in zip(result, term)]
+    except (ParseError, TooLarge, Undefined):
+        return Text.of(text, words=False)
+    return Matrix([[Scalar(str(value), ("n", value, False)) for value in row] for row in result], text)
+
+
+def _rational_rows(matrix: Matrix) -> list[list[Fraction]]:
+    rows = []
+    for row in matrix.rows:
+        values = [exact_value(cell.ast) if cell.ast is not None else None for cell in row]
+        if any(value is None for value in values):
+            raise ParseError("only rational matrices are computed")
+        rows.append(values)
+    return rows
+
+
+def _matrix_product(left: list, right: list) -> list:
+    if len(left[0]) != len(right):
+        raise ParseError("matrix shapes do not match for a product")
+    return [[sum((left[i][k] * right[k][j] for k in range(len(right))), Fraction(0))
+             for j in range(len(right[0]))] for i in range(len(left))]
 
 
 def _scalar_from_text(text: str) -> Scalar:
@@ -165,17 +249,31 @@ class _Structure:
             for part in alternatives:
                 part = _strip_separators(part)
                 value = self.item(part)
-                if isinstance(value, Collection) and value.kind == "list":
+                if _is_solution_group(value):
+                    items.append(Collection("tuple", value.items, value.text))  # "p = 5, q = 2 and p = 7, q = 2"
+                elif isinstance(value, Collection) and value.kind == "list":
                     items.extend(value.items)
                 else:
                     items.append(value)
             return Collection(kind, items, self.source(tokens))
+        groups = _split_top(tokens, lambda t: t.kind == "op" and t.value == ";")
+        if len(groups) > 1 and any(_split_top(group, _is_comma)[1:] for group in groups):
+            # "p=5, q=2; p=7, q=2": semicolons separate solutions, commas their parts.
+            return Collection("list", [self.group(group) for group in groups], self.source(tokens))
         parts = _split_top(tokens, lambda t: t.kind == "op" and t.value in (",", ";"))
         if len(parts) > 1:
             if any(not part for part in parts):
                 raise ParseError("empty list element")
-            return Collection("list", [self.single(part) for part in parts], self.source(tokens))
+            return Collection("list", _flatten_pm([self.single(part) for part in parts]), self.source(tokens))
         return self.single(tokens)
+
+    def group(self, tokens: list[Token]) -> Any:
+        parts = _split_top(tokens, _is_comma)
+        if len(parts) == 1:
+            return self.single(tokens)
+        if any(not part for part in parts):
+            raise ParseError("empty element in a group")
+        return Collection("tuple", [self.single(part) for part in parts], self.source(tokens))
 
     def single(self, tokens: list[Token]) -> Any:
         if not tokens:
@@ -189,6 +287,9 @@ class _Structure:
         relations = [t for t in _top_level(tokens) if t.kind == "rel"]
         if relations:
             return self.relation(tokens)
+        ratio = _split_top(tokens, lambda t: t.kind == "op" and t.value == ":")
+        if len(ratio) > 1:
+            return self.ratio(ratio, tokens)
         if tokens[0].kind == "const" and tokens[0].value == "empty" and len(tokens) == 1:
             return Collection("set", [], self.source(tokens))
         group = self.bracket_group(tokens)
@@ -209,10 +310,14 @@ class _Structure:
         inner = tokens[1:-1]
         elements = _split_top(inner, lambda t: t.kind == "op" and t.value in (",", ";"))
         text = self.source(tokens)
-        if first.kind == "lset" or (first.value == "{" and len(elements) > 1):
+        if first.kind == "lset":
             if not inner:
                 return Collection("set", [], text)
-            return Collection("set", [self.single(part) for part in elements], text)
+            return Collection("set", _flatten_pm([self.single(part) for part in elements]), text)
+        if first.value == "{" and len(elements) > 1:
+            # `{1, 2}` without backslashes is a LaTeX group around a list: unordered against
+            # a set or a list, ordered against a tuple.
+            return Collection("list", _flatten_pm([self.single(part) for part in elements]), text)
         if len(elements) == 1:
             return None  # plain parentheses around one value: a scalar
         if any(not part for part in elements):
@@ -242,12 +347,33 @@ class _Structure:
         if any(not piece for piece in pieces):
             raise ParseError("relation with an empty side")
         text = self.source(tokens)
+        if "approx" in ops and ops[0] != "approx" and all(op in ("=", "approx") for op in ops):
+            # "x = 1/3 \approx 0.33": the approximation is a remark on the exact value.
+            cut = ops.index("approx")
+            pieces, ops = pieces[:cut + 1], ops[:cut]
         if all(op == "=" for op in ops) or all(op == "approx" for op in ops):
             # "x = y = 3" and "x \approx 3.14": the last side is the value.
             if len(pieces) > 2 or ops[0] == "approx":
                 return self.single(pieces[-1])
+            if not any(token.kind in ("id", "unknown", "word") for token in pieces[0] + pieces[1]):
+                # "12 \times 7 = 84": a computation written out; its result is the value.
+                return self.single(pieces[-1])
+            if _is_label(pieces[0]):
+                # "(x, y) = (5, 8)", "|AB| = 1", "f(x) = 1", "A:B = 2": a name for the value.
+                name = Scalar(self.source(pieces[0]), ("s", "".join(_token_text(t) for t in pieces[0])))
+                return Relation("=", name, self.single_or_scalar(pieces[1]), text)
             return Relation("=", self.scalar(pieces[0]), self.single_or_scalar(pieces[1]), text)
         return self.inequality(pieces, ops, text)
+
+    def ratio(self, parts: list[list[Token]], tokens: list[Token]) -> Collection:
+        """`3:4` (a ratio: equal to `6:8` and to 3/4) or `12:30` (a time: minutes written with
+        two digits; equal only to the same time)."""
+        if any(not part for part in parts):
+            raise ParseError("empty ratio part")
+        is_time = len(parts) in (2, 3) and all(
+            len(part) == 1 and part[0].kind == "num" and len(self.source(part)) == 2 for part in parts[1:]
+        )
+        return Collection("time" if is_time else "ratio", [self.scalar(part) for part in parts], self.source(tokens))
 
     def single_or_scalar(self, tokens: list[Token]) -> Any:
         # The right side of an assignment may be a structure: "x = (1, 2)".
@@ -267,17 +393,23 @@ class _Structure:
                 return Relation("!=", sides[0], sides[1], text)
             if op not in ("<", "<="):
                 raise ParseError("mixed inequality directions")
-            lhs_var, rhs_var = _is_variable(sides[0]), _is_variable(sides[1])
+            lhs_var, rhs_var = _is_unknown(sides[0], pieces[0]), _is_unknown(sides[1], pieces[1])
             infinity = Scalar("\\infty", ("c", "oo"))
             minus_infinity = Scalar("-\\infty", ("neg", ("c", "oo")))
             if lhs_var and not rhs_var:      # x < 3  ->  (-oo, 3)
                 return Interval(minus_infinity, sides[1], False, op == "<=", text)
             if rhs_var and not lhs_var:      # 3 < x  ->  (3, oo)
                 return Interval(sides[0], infinity, op == "<=", False, text)
-            return Relation(op, sides[0], sides[1], text)
-        if all(op in ("<", "<=") for op in ops) and _is_variable(sides[1]):
+            solved = _solve_linear(sides[0], sides[1], op, text)
+            return solved if solved is not None else Relation(op, sides[0], sides[1], text)
+        if not all(op in ("<", "<=") for op in ops):
+            raise ParseError("inequality chain with mixed directions")
+        if _is_unknown(sides[1], pieces[1]) and not _has_symbols(sides[0]) and not _has_symbols(sides[2]):
+            mirrored = _absolute_value_band(sides, ops, text)
+            if mirrored is not None:
+                return mirrored
             return Interval(sides[0], sides[2], ops[0] == "<=", ops[1] == "<=", text)
-        raise ParseError("inequality chain that is not an interval")
+        return Chain(ops, sides, text)
 
     def scalar(self, tokens: list[Token]) -> Scalar:
         text = self.source(tokens)
@@ -288,6 +420,21 @@ class _Structure:
         except Unsupported:
             return Scalar(text, None, fallback_text=text)
         return Scalar(text, ast)
+
+
+def _is_comma(token: Token) -> bool:
+    return token.kind == "op" and token.value == ","
+
+
+def _is_solution_group(value: Any) -> bool:
+    """Several assignments to different names: one solution of a system (`p = 5, q = 2`)."""
+    if not isinstance(value, Collection) or value.kind != "list" or len(value.items) < 2:
+        return False
+    if not all(isinstance(item, Relation) and item.op == "=" and item.lhs.ast is not None
+               and item.lhs.ast[0] == "s" for item in value.items):
+        return False
+    names = [item.lhs.ast[1] for item in value.items]
+    return len(set(names)) == len(names)
 
 
 def _strip_separators(tokens: list[Token]) -> list[Token]:
@@ -352,6 +499,122 @@ def _mentions_infinity(tokens: list[Token]) -> bool:
 
 def _is_variable(scalar: Scalar) -> bool:
     return scalar.ast is not None and scalar.ast[0] == "s"
+
+
+# Commands that only decorate a name: `\angle ABC`, `\overline{AB}`.
+_LABEL_COMMANDS = frozenset("angle measuredangle overline vec hat bar triangle widehat".split())
+
+
+def _is_label(tokens: list[Token]) -> bool:
+    r"""Whether the left side of "... = value" only names the value: a variable (`x`, `a_{37}`),
+    a tuple of them (`(x, y)`), a function value (`f(x)`, `f(2)`), `|AB|`, `A:B`,
+    `\angle ABC`. Not `2x`, `x + z` or `a^2`: those make an equation to solve."""
+    if not tokens or tokens[0].kind not in ("id", "open", "op", "unknown", "func", "cmd"):
+        return False
+    if tokens[0].kind == "cmd" and tokens[0].value != "frac":
+        return False
+    # A ratio of names (`\frac{NO}{BO}`, `a/b`) names a value; with a number in it, it is maths.
+    ratio_of_names = not any(token.kind == "num" for token in tokens)
+    depth = 0
+    after_subscript = False
+    for token in tokens:
+        depth += _depth_change(token)
+        if token.kind == "num" and depth == 0 and not after_subscript:
+            return False
+        if token.kind == "op" and depth == 0 and token.value not in ("|", ":", ",") \
+                and not (ratio_of_names and token.value == "/"):
+            return False
+        if token.kind == "cmd" and not (ratio_of_names and token.value == "frac"):
+            return False
+        if token.kind == "unknown" and token.value not in _LABEL_COMMANDS:
+            return False
+        if token.kind in ("rel", "kw", "const", "word", "lset", "rset"):
+            return False
+        after_subscript = token.kind == "sub"
+    return any(token.kind == "id" for token in tokens)
+
+
+def _absolute_value_band(sides: list, ops: list, text: str) -> Any:
+    r"""`1 \le |z| \le 2` is [-2, -1] ∪ [1, 2] (when the lower bound is positive)."""
+    middle = sides[1].ast
+    if middle is None or middle[0] != "f" or middle[1] != "abs" or middle[2][0][0] != "s":
+        return None
+    try:
+        low, high = exact_value(sides[0].ast), exact_value(sides[2].ast)
+    except (TooLarge, Undefined):
+        return None
+    if low is None or high is None or low <= 0:
+        return None
+    closed_low, closed_high = ops[0] == "<=", ops[1] == "<="
+    negative = Interval(Scalar(f"-{high}", ("n", -high, False)), Scalar(f"-{low}", ("n", -low, False)),
+                        closed_high, closed_low, text)
+    positive = Interval(Scalar(str(low), ("n", low, False)), Scalar(str(high), ("n", high, False)),
+                        closed_low, closed_high, text)
+    return Union([negative, positive], text)
+
+
+def _is_unknown(scalar: Scalar, tokens: list[Token]) -> bool:
+    """The side of an inequality that is the unknown: `x`, `f(x)`, `a_n`."""
+    return _is_variable(scalar) or (_has_symbols(scalar) and _is_label(tokens))
+
+
+def _has_symbols(scalar: Scalar) -> bool:
+    return scalar.ast is not None and bool(symbols_of(scalar.ast))
+
+
+def _solve_linear(lhs: Scalar, rhs: Scalar, op: str, text: str) -> Any:
+    r"""`-x < -1` or `2x + 1 \le 5`: a linear inequality in one unknown, as the interval it
+    defines (None when it is not one)."""
+    if lhs.ast is None or rhs.ast is None:
+        return None
+    names = symbols_of(lhs.ast) | symbols_of(rhs.ast)
+    if len(names) != 1:
+        return None
+    name = next(iter(names))
+    difference = ("+", [lhs.ast, ("neg", rhs.ast)])     # lhs - rhs  (op) 0
+    try:
+        values = [exact_value(_substitute(difference, name, Fraction(x))) for x in (0, 1, 2)]
+    except (TooLarge, Undefined, ParseError):
+        return None
+    if any(value is None for value in values):
+        return None
+    slope, intercept = values[1] - values[0], values[0]
+    if slope == 0 or values[2] - values[1] != slope:
+        return None
+    bound = -intercept / slope
+    bound_scalar = Scalar(str(bound), ("n", bound, False))
+    closed = op == "<="
+    if slope > 0:   # x < bound
+        return Interval(Scalar("-\\infty", ("neg", ("c", "oo"))), bound_scalar, False, closed, text)
+    return Interval(bound_scalar, Scalar("\\infty", ("c", "oo")), closed, False, text)
+
+
+def _substitute(node, name: str, value: Fraction):
+    tag = node[0]
+    if tag == "s":
+        return ("n", value, False) if node[1] == name else node
+    if tag in ("n", "c"):
+        return node
+    if tag in ("+", "*"):
+        return (tag, [_substitute(child, name, value) for child in node[1]])
+    if tag in ("/", "^"):
+        return (tag, _substitute(node[1], name, value), _substitute(node[2], name, value))
+    if tag in ("neg", "!"):
+        return (tag, _substitute(node[1], name, value))
+    if tag == "f":
+        return ("f", node[1], [_substitute(child, name, value) for child in node[2]])
+    raise ParseError("cannot substitute into " + tag)
+
+
+def _flatten_pm(items: list) -> list:
+    r"""`\{1 \pm \sqrt5, -2\}` is the set of three numbers."""
+    flat = []
+    for item in items:
+        if isinstance(item, Collection) and item.kind == "pm":
+            flat.extend(item.items)
+        else:
+            flat.append(item)
+    return flat
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,7 +697,8 @@ class _ExpressionParser:
                     raise ParseError("two numbers side by side")
                 factor = self.power()
                 if _is_mixed_number(factors, divisors, factor):
-                    factors = [("+", [factors[0], factor])]
+                    whole = factors[0]
+                    factors = [("neg", ("+", [whole[1], factor])) if whole[0] == "neg" else ("+", [whole, factor])]
                 else:
                     factors.append(factor)
             elif token.kind == "unknown":
@@ -495,6 +759,8 @@ class _ExpressionParser:
         kind, value = token.kind, token.value
         if kind == "num":
             number, is_decimal = value
+            if self.at("sub") and not is_decimal:
+                return self.base_number(number)
             return ("n", number, is_decimal)
         if kind == "id":
             name = value
@@ -524,6 +790,17 @@ class _ExpressionParser:
         if kind == "unknown":
             raise Unsupported(value)
         raise ParseError(f"unexpected {value!r}")
+
+    def base_number(self, number: Fraction):
+        """`204_5`, `1011_{2}`: a numeral written in another base."""
+        self.next()
+        base_text = self.subscript()
+        if not base_text.isdigit() or not 2 <= int(base_text) <= 36:
+            raise ParseError(f"not a base: {base_text!r}")
+        try:
+            return ("n", Fraction(int(str(number.numerator), int(base_text))), False)
+        except ValueError as error:
+            raise ParseError(f"{number} is not a base-{base_text} numeral") from error
 
     def subscript(self) -> str:
         if self.at("open", "{"):
@@ -605,6 +882,8 @@ def _is_mixed_number(factors: list, divisors: list, factor) -> bool:
     if len(factors) != 1 or divisors:
         return False
     whole = factors[0]
+    if whole[0] == "neg":  # -2\frac12 is -(2 + 1/2)
+        whole = whole[1]
     if whole[0] != "n" or whole[2] or whole[1].denominator != 1:
         return False
     return (factor[0] == "/" and factor[1][0] == "n" and factor[2][0] == "n"

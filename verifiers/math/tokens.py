@@ -47,7 +47,7 @@ _TOKEN_RE = re.compile(
     r"|(?P<cmd>\\[a-zA-Z]+)"
     r"|(?P<word>[a-zA-Z]+)"
     r"|(?P<rel2><=|>=|!=|=<|=>)"
-    r"|(?P<char>[-+*/^!=<>,;()\[\]{}|_'&])"
+    r"|(?P<char>[-+*/^!=<>,;:()\[\]{}|_'&])"
     r"|(?P<other>.)",
     re.DOTALL,
 )
@@ -78,7 +78,7 @@ def _word_tokens(word: str, start: int) -> list[Token]:
         if lower.startswith(name) and 0 < len(word) - len(name) <= 2:
             head = Token("func", name, start, start + len(name))
             return [head] + _word_tokens(word[len(name):], start + len(name))
-    if len(word) <= 2:  # "xy" is a product of two variables
+    if len(word) <= 2 or (word.isupper() and len(word) <= 4):  # "xy", "ABC": products of names
         return [Token("id", char, start + offset, start + offset + 1) for offset, char in enumerate(word)]
     return [Token("word", word, start, start + len(word))]
 

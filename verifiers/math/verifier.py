@@ -11,8 +11,8 @@ from typing import Any, Iterable, Sequence
 
 from ..base import Score
 from .equivalence import Options, Verdict, _exact, _sympy_value, _Context, equivalent
-from .evaluate import Limits, TooLarge, Undefined, has_decimal
-from .extract import Extraction, extract_answer, extract_boxed, resolve_sources
+from .evaluate import Limits, TooLarge, Undefined, has_calculus, has_decimal
+from .extract import Extraction, extract_answer, extract_reference, resolve_sources
 from .normalize import normalize_answer
 from .parse import Collection, Interval, Matrix, Relation, Scalar, Text, Union, parse_answer
 
@@ -25,9 +25,10 @@ class MathVerifier:
     of strings means "any of these").
 
     Options (plain keywords, as they come from a YAML config):
-      extraction          "any" (all sources + last-number fallback), "strict" (marked answers
-                          only: boxed, <answer>, "final answer", "Answer:", "####"), "boxed"
-                          (boxed only, for MATH-style training), or a list of source names.
+      extraction          "any" (every source: marked answers, then the last LaTeX math
+                          environment, a short bare answer, the last number), "strict" (marked
+                          answers only: boxed, <answer>, "final answer", "Answer:", "####"),
+                          "boxed" (boxed only, for MATH-style training), or a list of sources.
       rel_tol             relative tolerance when either side is written as a decimal.
       symbolic_timeout_s  budget for one comparison; checked before every sympy step.
       max_expr_chars      longer extracted answers score 0 without being parsed.
@@ -72,14 +73,22 @@ class MathVerifier:
         references = self._references_of(example)
         extraction = extract_answer(completion or "", self.sources)
         if extraction is None:
-            return self._score(False, {"extracted": None, "reason": "no_answer"})
+            return self._score(False, {"extracted": None, "reason": "no_answer", "parsed": False})
         info: dict[str, Any] = {"extracted": extraction.text, "source": extraction.source}
         if len(extraction.text) > self.max_expr_chars:
-            return self._score(False, {**info, "reason": "too_long"})
+            return self._score(False, {**info, "reason": "too_long", "parsed": False})
+        # A reference we cannot read credits nothing: comparing two unreadable strings (or two
+        # failed parses) would pay for any garbage that happens to fail the same way.
+        references = [reference for reference in references if not is_unparsable(reference)]
+        if not references:
+            return self._score(False, {**info, "reason": "unparsable_reference"})
         fast = self._fast_number_verdict(extraction.text, references)
         if fast is not None:
-            return self._score(fast.equal, {**info, ("match" if fast.equal else "reason"): fast.detail})
+            detail = ("match" if fast.equal else "reason")
+            return self._score(fast.equal, {**info, "parsed": True, detail: fast.detail})
         response = parse_answer(normalize_answer(extraction.text))
+        if is_unparsable(response):
+            return self._score(False, {**info, "reason": "unparsable", "parsed": False})
         deadline = started + self.symbolic_timeout_s
         verdict = Verdict(False, "mismatch")
         for reference in references:
@@ -87,8 +96,13 @@ class MathVerifier:
             if verdict.equal:
                 break
         if verdict.equal:
-            return self._score(True, {**info, "match": verdict.detail})
-        return self._score(False, {**info, "reason": verdict.detail})
+            return self._score(True, {**info, "parsed": True, "match": verdict.detail})
+        if verdict.detail == "parse_error":  # a scalar neither parser could read: whose?
+            if isinstance(response, Scalar) and response.ast is None:
+                return self._score(False, {**info, "reason": "unparsable", "parsed": False})
+            if len(references) == 1 and isinstance(references[0], Scalar) and references[0].ast is None:
+                return self._score(False, {**info, "parsed": True, "reason": "unparsable_reference"})
+        return self._score(False, {**info, "parsed": True, "reason": verdict.detail})
 
     def score_batch(self, completions: Sequence[str], examples: Sequence[dict]) -> list[Score]:
         if len(completions) != len(examples):
@@ -165,11 +179,12 @@ def reference_text(raw: Any) -> str:
         return format(Decimal(repr(value)), "f")  # 1e-07 -> 0.0000001, never exponent notation
     if not isinstance(raw, str):
         raise ValueError(f"math verifier: example['answer'] must be a string or number, got {type(raw).__name__}")
-    if "\\boxed" in raw or "\\fbox" in raw:
-        boxed = extract_boxed(raw)
-        if boxed is not None:
-            return boxed
-    return raw
+    return extract_reference(raw)
+
+
+def is_unparsable(value: Any) -> bool:
+    """Whether a parsed answer is maths the parser could not read (a word answer is readable)."""
+    return isinstance(value, Text) and not value.words
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,8 +214,8 @@ def _key(value: Any, context: _Context) -> str:
         keys = [_key(item, context) for item in value.items]
         if len(keys) == 1:
             return keys[0]
-        if value.kind == "tuple":
-            return "(" + ",".join(keys) + ")"
+        if value.kind in ("tuple", "ratio", "time"):
+            return {"tuple": "(", "ratio": "ratio(", "time": "time("}[value.kind] + ",".join(keys) + ")"
         return ("or" if value.kind == "or" else "") + "{" + ",".join(sorted(keys)) + "}"
     if isinstance(value, Interval):
         return ("[" if value.left_closed else "(") + _key(value.low, context) + "," + \
@@ -228,7 +243,7 @@ def _scalar_key(scalar: Scalar, context: _Context) -> str:
         value = _sympy_value(scalar, context)
     except (TooLarge, Undefined, ValueError):
         return "expr:" + scalar.text.replace(" ", "")
-    if not value.free_symbols:
+    if not value.free_symbols and not has_calculus(value):
         try:
             number = value.evalf(12)
             if number.is_Number:

@@ -46,10 +46,11 @@ def test_train_on_two_ranks_from_the_untrained_embedded_model(tmp_path):
 
 
 def test_run_on_two_ranks_sft_dpo_grpo(tmp_path):
-    proc = launch(tmp_path, "run", "sft.max_steps=40", "sft.eval_every=20", "sft.tokens_per_batch=2048",
-                  "dpo.num_prompts=24", "dpo.samples_per_prompt=6", "dpo.batch_size=4", "dpo.max_steps=2",
-                  "grpo.steps=2", "grpo.prompts_per_step=4", "grpo.group_size=4", "grpo.micro_batch_size=16",
-                  "grpo.eval_every=0", "grpo.save_every=1", "eval.num_problems=16", "sft.optim.lr=3e-3")
+    # SFT long enough that the samples are partly right, so the verifiers find pairs (about 1 in 4 correct)
+    proc = launch(tmp_path, "run", "data.arithmetic.n_sft=3000", "sft.max_steps=200", "sft.eval_every=100",
+                  "sft.patience=0", "dpo.num_prompts=24", "dpo.samples_per_prompt=6", "dpo.batch_size=4",
+                  "dpo.max_steps=2", "grpo.steps=2", "grpo.prompts_per_step=4", "grpo.group_size=4",
+                  "grpo.micro_batch_size=16", "grpo.eval_every=0", "grpo.save_every=1", "eval.num_problems=16")
     run_dir = tmp_path / "runs" / "tiny_arith"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert list(summary["stages"]) == ["base", "sft", "dpo", "grpo"]

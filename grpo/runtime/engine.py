@@ -35,6 +35,22 @@ INCOMPLETE_SUFFIX = ".incomplete"
 TEST_CRASH_DURING_SAVE_ENV = "GRPO_TEST_CRASH_DURING_SAVE"
 
 
+def _forget_deepspeed_groups() -> None:
+    """DeepSpeed caches the world and data-parallel groups at module level; after a process group was
+    destroyed (vLLM's engine teardown does that) and a new one is made in the same process, the cached groups
+    are dead and DeepSpeed's first broadcast fails with 'Group ... is not registered'."""
+    from deepspeed.utils import groups
+
+    for name in ("_WORLD_GROUP", "_ZERO_PARAM_INTRA_PARALLEL_GROUP", "_TENSOR_MODEL_PARALLEL_GROUP",
+                 "_MODEL_PARALLEL_GROUP", "_DATA_PARALLEL_GROUP"):
+        if hasattr(groups, name):
+            setattr(groups, name, None)
+    for name in ("_EXPERT_PARALLEL_GROUP", "_EXPERT_PARALLEL_GROUP_RANKS", "_EXPERT_DATA_PARALLEL_GROUP",
+                 "_EXPERT_DATA_PARALLEL_GROUP_RANKS", "_ALL_TO_ALL_GROUP"):
+        if isinstance(getattr(groups, name, None), dict):
+            getattr(groups, name).clear()
+
+
 def init_distributed(cfg: EngineConfig) -> DistInfo:
     """Initialise torch.distributed once, also for a single process (vLLM's external_launcher
     executor and DeepSpeed both expect a process group). Launchers (torchrun, deepspeed) set the
@@ -51,6 +67,7 @@ def init_distributed(cfg: EngineConfig) -> DistInfo:
             backend = "nccl" if torch.cuda.is_available() else "gloo"
         # Every collective gives up after collective_timeout_s (a dead or hung rank must not hang the others
         # forever); the heartbeat lets the rank that sees it fail name the silent one (grpo.runtime.faults).
+        _forget_deepspeed_groups()
         deepspeed.init_distributed(dist_backend=backend, verbose=False,
                                    timeout=timedelta(seconds=cfg.collective_timeout_s))
     # A process group started by someone else (vLLM's own executor, a user's script) leaves these unset, but

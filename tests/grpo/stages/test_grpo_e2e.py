@@ -48,6 +48,8 @@ data:
   arithmetic: {{n_sft: 0, n_rl: 64, n_eval: 8}}
 verifiers:
   - name: reward_plugins:digit_fraction
+  - name: reward_plugins:unreliable   # NaN or an exception for two thirds of the items
+    weight: 0.1
 verify: {{workers: 0}}
 rollout: {{max_tokens: 16, gpu_memory_utilization: 0.05, kv_cache_gb: 0.25}}
 grpo:
@@ -112,6 +114,8 @@ def test_two_ranks_zero_weights_change_and_engine_stays_in_sync(tmp_path, model_
         # the sampler's logprobs of what it sampled equal the trainer's (on-policy, same weights)
         assert r["sampler_logprob_diff"] < 1e-4, r
         assert r["grad_norm"] > 0
+        # the unreliable plug-in's NaNs and exceptions are scored 0 and counted, never a NaN loss or a crash
+        assert r["verifier/errors"] > 0 and 0.0 <= r["reward/mean"] <= 1.1, r
     before = load_file(str(model_dir / "model.safetensors"))
     after = load_file(str(run_dir / "grpo" / "final" / "model.safetensors"))
     moved = max((after[k] - before[k]).abs().max().item() for k in after)

@@ -20,9 +20,8 @@ import random
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from grpo.data.prompt_stream import request_seed
 from grpo.data.unpaired import TokenizedAnswer
-from grpo.data.verifier_pairs import CORRECT
+from grpo.data.verifier_pairs import CORRECT, sampled_and_scored
 
 if TYPE_CHECKING:  # types only: data does not depend on the runtime
     from grpo.runtime.rollout import SamplingSpec
@@ -81,31 +80,20 @@ def build_verifier_labels(rollout, verifier, examples: Sequence[Any], *, spec: S
     `balance_answers`: on several ranks it must see every rank's answers)."""
     report = LabelReport()
     out: list[TokenizedAnswer] = []
-    for start in range(0, len(examples), batch_size):
-        batch = list(examples[start:start + batch_size])
-        idx = list(range(start, start + len(batch)))
-        groups = rollout.generate([e.prompt for e in batch], spec, [request_seed(seed, 4099, i) for i in idx])
-        texts = [c.text for g in groups for c in g.completions]
-        rows = [e.row for e, g in zip(batch, groups) for _ in g.completions]
-        scores = verifier.score_batch(texts, rows)
-        offset = 0
-        for i, g in zip(idx, groups):
-            k = len(g.completions)
-            group_scores = scores[offset:offset + k]
-            offset += k
-            labels = label_group(g.completions, group_scores, truncated_correct=truncated_correct)
-            correct = [s.reward >= CORRECT for s in group_scores]
-            report.prompts += 1
-            report.samples += k
-            report.desirable += sum(labels)
-            report.undesirable += k - sum(labels)
-            report.truncated_correct += sum(ok and c.truncated for ok, c in zip(correct, g.completions))
-            report.prompts_all_correct += all(correct)
-            report.prompts_all_wrong += not any(correct)
-            for c, label in zip(g.completions, labels):
-                if c.token_ids:  # an empty answer has no token to score (never seen: EOS is a token)
-                    out.append(TokenizedAnswer(list(g.prompt_ids), list(c.token_ids), label, row=i))
-        if progress_bar is not None:
-            progress_bar.update(len(batch))
+    for i, g, group_scores in sampled_and_scored(rollout, verifier, examples, spec=spec, seed=seed,
+                                                 batch_size=batch_size, progress_bar=progress_bar):
+        k = len(g.completions)
+        labels = label_group(g.completions, group_scores, truncated_correct=truncated_correct)
+        correct = [s.reward >= CORRECT for s in group_scores]
+        report.prompts += 1
+        report.samples += k
+        report.desirable += sum(labels)
+        report.undesirable += k - sum(labels)
+        report.truncated_correct += sum(ok and c.truncated for ok, c in zip(correct, g.completions))
+        report.prompts_all_correct += all(correct)
+        report.prompts_all_wrong += not any(correct)
+        for c, label in zip(g.completions, labels):
+            if c.token_ids:  # an empty answer has no token to score (never seen: EOS is a token)
+                out.append(TokenizedAnswer(list(g.prompt_ids), list(c.token_ids), label, row=i))
     report.kept = len(out)
     return out, report

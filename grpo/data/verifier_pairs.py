@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from grpo.data.preferences import TokenizedPair
 from grpo.data.prompt_stream import request_seed
@@ -98,15 +98,11 @@ def choose_pair(completions: Sequence[Completion], scores: Sequence[Any], *, cho
     return chosen, rejected
 
 
-def build_verifier_pairs(rollout, verifier, examples: Sequence[Any], *, spec: SamplingSpec, seed: int,
-                         chosen_rule: str = "shortest", rejected_rule: str = "most_frequent",
-                         batch_size: int = 64, progress_bar=None) -> tuple[list[TokenizedPair], PairReport]:
-    """Sample `spec.n` answers per example (`examples[i].prompt`, `.row`), score and pair them.
-    Sampling seeds depend on (seed, example index) only, so the same prompts give the same pairs."""
-    report = PairReport()
-    pairs: list[TokenizedPair] = []
-    n_correct = 0
-    rng = random.Random(seed)
+def sampled_and_scored(rollout, verifier, examples: Sequence[Any], *, spec: SamplingSpec, seed: int,
+                       batch_size: int = 64, progress_bar=None) -> Iterator[tuple[int, Any, list]]:
+    """(example index, sampled group, the group's scores) for every example, `spec.n` answers each, sampled and
+    scored a batch at a time. Seeds depend on (seed, example index) only, so the same prompts give the same
+    samples: the DPO pairs and the KTO labels are both built on this."""
     for start in range(0, len(examples), batch_size):
         batch = list(examples[start:start + batch_size])
         idx = list(range(start, start + len(batch)))
@@ -117,21 +113,34 @@ def build_verifier_pairs(rollout, verifier, examples: Sequence[Any], *, spec: Sa
         offset = 0
         for i, g in zip(idx, groups):
             k = len(g.completions)
-            group_scores = scores[offset:offset + k]
+            yield i, g, scores[offset:offset + k]
             offset += k
-            report.prompts += 1
-            report.samples += k
-            n_correct += sum(s.reward >= CORRECT for s in group_scores)
-            choice = choose_pair(g.completions, group_scores, chosen_rule=chosen_rule, rejected_rule=rejected_rule,
-                                 rng=rng)
-            if isinstance(choice, str):
-                setattr(report, f"skipped_{choice}", getattr(report, f"skipped_{choice}") + 1)
-                continue
-            c, r = choice
-            pairs.append(TokenizedPair(list(g.prompt_ids), list(g.completions[c].token_ids),
-                                       list(g.completions[r].token_ids), row=i))
-            report.pairs += 1
         if progress_bar is not None:
             progress_bar.update(len(batch))
+
+
+def build_verifier_pairs(rollout, verifier, examples: Sequence[Any], *, spec: SamplingSpec, seed: int,
+                         chosen_rule: str = "shortest", rejected_rule: str = "most_frequent",
+                         batch_size: int = 64, progress_bar=None) -> tuple[list[TokenizedPair], PairReport]:
+    """Sample `spec.n` answers per example (`examples[i].prompt`, `.row`), score and pair them.
+    Sampling seeds depend on (seed, example index) only, so the same prompts give the same pairs."""
+    report = PairReport()
+    pairs: list[TokenizedPair] = []
+    n_correct = 0
+    rng = random.Random(seed)
+    for i, g, group_scores in sampled_and_scored(rollout, verifier, examples, spec=spec, seed=seed,
+                                                 batch_size=batch_size, progress_bar=progress_bar):
+        report.prompts += 1
+        report.samples += len(g.completions)
+        n_correct += sum(s.reward >= CORRECT for s in group_scores)
+        choice = choose_pair(g.completions, group_scores, chosen_rule=chosen_rule, rejected_rule=rejected_rule,
+                             rng=rng)
+        if isinstance(choice, str):
+            setattr(report, f"skipped_{choice}", getattr(report, f"skipped_{choice}") + 1)
+            continue
+        c, r = choice
+        pairs.append(TokenizedPair(list(g.prompt_ids), list(g.completions[c].token_ids),
+                                   list(g.completions[r].token_ids), row=i))
+        report.pairs += 1
     report.correct_fraction = n_correct / max(report.samples, 1)
     return pairs, report

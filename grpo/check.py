@@ -13,6 +13,8 @@ def _model_note(cfg: RunConfig) -> str:
         return f"embedded tiny model ({name}), built locally into {cfg.model.tiny_dir}"
     path = Path(name)
     if path.exists():
+        if (path / "adapter_config.json").exists() and not (path / "config.json").exists():
+            return f"LoRA adapter {name} (loaded on its base model, merged)"
         if not (path / "config.json").exists():
             raise ConfigError(f"model.name_or_path: {name} exists but has no config.json")
         return f"local model {name}"

@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from grpo.data.rows import DataError
     from grpo.runtime.faults import CheckpointError, PeerLost, Preempted
+    from grpo.runtime.rollout import WeightSyncError
     from grpo.stages.gate import GateStopped
 
     stages = {"run": None, "eval": [], "doctor": None}.get(args.command,
@@ -116,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as exc:  # every rank raises it; the previous checkpoint is intact
         if int(os.environ.get("RANK", "0")) == 0 and not exc.reported:
             print(f"grpo: checkpoint error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except WeightSyncError as exc:  # every rank raises it (the ranks agree on the largest difference)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"grpo: {exc}", file=sys.stderr, flush=True)
         return 1
     except PeerLost as exc:  # another rank died or hangs; the process group is broken
         if exc.reporter:

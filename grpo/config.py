@@ -25,6 +25,28 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class LoraConfig:
+    """Low-rank adapters (peft) trained in every stage instead of the full weights (README: LoRA)."""
+
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    # "all-linear" (every linear layer but the output head) or module names, e.g. [q_proj, v_proj].
+    target_modules: Any = "all-linear"
+    # Modules trained in full and saved with the adapter (e.g. [embed_tokens, lm_head] after adding tokens).
+    modules_to_save: List[str] = field(default_factory=list)
+    # Each stage writes its adapter (peft format) to <stage>/final/adapter; save_merged also writes the merged
+    # Hugging Face model to <stage>/final (false: <stage>/final holds the adapter alone, merged when loaded).
+    save_merged: bool = True
+    # What the next stage of `grpo run` trains: "merged" (a fresh adapter on the merged model; DPO and GRPO then
+    # take their reference from the same model with the adapter disabled) or "adapter" (keeps training this one).
+    next_stage: str = "merged"
+    # How GRPO's rollout engine gets the new policy: "adapter" (vLLM LoRA: only the adapter moves), "merged"
+    # (base + adapter through the full-weight push) or "auto" (see grpo.runtime.lora.resolve_push).
+    push: str = "auto"
+
+
+@dataclass
 class ModelConfig:
     # "tiny" or "tiny:<preset>" builds the embedded model locally; anything else is a local path or hub id.
     name_or_path: str = "tiny"
@@ -33,6 +55,7 @@ class ModelConfig:
     dtype: str = "float32"  # float32 | bfloat16 | float16
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
+    lora: Optional[LoraConfig] = None  # set (e.g. `model.lora: {rank: 16}`) to train adapters, not full weights
 
 
 @dataclass
@@ -181,6 +204,10 @@ class GRPOConfig:
     # After each weight push, compare the engine's logprobs of one completion with the trainer's
     # forward pass and log the largest difference (sync/max_logprob_diff): a cheap end-to-end check.
     check_weight_sync: bool = False
+    # ...and stop the run when that difference exceeds this (a stale engine, or one sampling from the base model
+    # instead of base + LoRA adapter). None: 1e-3 for float32 weights and training; not enforced in bf16, where
+    # vLLM's and the trainer's kernels round differently.
+    sync_tolerance: Optional[float] = None
 
 
 @dataclass
@@ -410,6 +437,26 @@ def _validate_optim(o: OptimConfig, source: str, prefix: str) -> None:
     _check(o.max_grad_norm >= 0, source, f"{prefix}.max_grad_norm", "must be >= 0 (0 disables clipping)")
 
 
+def _validate_lora(cfg: RunConfig, source: str) -> None:
+    lo = cfg.model.lora
+    _check(lo.rank >= 1, source, "model.lora.rank", f"must be >= 1, got {lo.rank}")
+    _check(lo.alpha > 0, source, "model.lora.alpha", f"must be > 0, got {lo.alpha}")
+    _check(0 <= lo.dropout < 1, source, "model.lora.dropout", f"must be in [0, 1), got {lo.dropout}")
+    targets = lo.target_modules
+    _check(targets == "all-linear" or (isinstance(targets, (list, tuple)) and len(targets) > 0
+                                       and all(isinstance(t, str) and t for t in targets)),
+           source, "model.lora.target_modules", f"must be 'all-linear' or a non-empty list of module names, got {targets!r}")
+    _one_of(lo.next_stage, ("merged", "adapter"), source, "model.lora.next_stage")
+    _one_of(lo.push, ("auto", "adapter", "merged"), source, "model.lora.push")
+    if lo.push == "adapter":
+        _check(cfg.rollout.backend == "vllm", source, "model.lora.push",
+               "'adapter' needs rollout.backend: vllm (the hf backend takes merged weights); use 'auto' or 'merged'")
+        _check(not [m for m in lo.modules_to_save if m not in ("embed_tokens", "lm_head")], source,
+               "model.lora.push", "'adapter': vLLM's LoRA loads modules_to_save only for embed_tokens and lm_head; "
+               "use 'merged' or 'auto'")
+        _check(lo.rank <= 512, source, "model.lora.rank", "vLLM's LoRA takes ranks up to 512 ('adapter' push)")
+
+
 def validate(cfg: RunConfig, source: str = "config") -> None:
     """Range and choice checks that types alone cannot express. Raises ConfigError."""
     _check(bool(cfg.name) and "/" not in cfg.name, source, "name", "must be a non-empty name without '/'")
@@ -423,6 +470,8 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
            f"must be 'auto', 'never' or an existing checkpoint path, got {cfg.resume!r}")
 
     _one_of(cfg.model.dtype, ("float32", "bfloat16", "float16"), source, "model.dtype")
+    if cfg.model.lora is not None:
+        _validate_lora(cfg, source)
 
     d = cfg.data
     _check(d.eval_size >= 0, source, "data.eval_size", "must be >= 0")
@@ -493,6 +542,7 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     _check(0 <= g.overlong_buffer < r.max_tokens, source, "grpo.overlong_buffer", "must be in [0, rollout.max_tokens)")
     _check(g.max_sampling_rounds >= 1, source, "grpo.max_sampling_rounds", "must be >= 1")
     _check(g.eval_every >= 0 and g.save_every >= 0, source, "grpo.eval_every", "eval_every/save_every must be >= 0")
+    _check(g.sync_tolerance is None or g.sync_tolerance > 0, source, "grpo.sync_tolerance", "must be > 0 when set")
 
     s = cfg.sft
     _check(s.epochs >= 1, source, "sft.epochs", "must be >= 1")

@@ -6,6 +6,7 @@ yields full weights for the push into vLLM (gathering ZeRO-3 partitions).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -193,10 +194,41 @@ class TrainEngine:
     def eval(self) -> None:
         self.ds.eval()
 
+    @property
+    def is_lora(self) -> bool:
+        from grpo.runtime.lora import is_peft
+
+        return is_peft(self.module)
+
+    def adapter_disabled(self):
+        """Context: forward passes give the model the stage started from (a fresh adapter, bypassed)."""
+        from grpo.runtime.lora import adapter_disabled
+
+        return adapter_disabled(self.module)
+
+    def gathered(self, params: list[torch.nn.Parameter]):
+        """Context: the given parameters whole on this rank (ZeRO-3 partitions them; all ranks must enter)."""
+        if self.cfg.zero_stage != 3 or not params:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+    def save_adapter(self, out_dir: Path, every_rank: bool = False) -> Path:
+        """The adapter in peft format (all ranks call; rank 0 writes, or each rank its own copy with `every_rank`)."""
+        from grpo.runtime.lora import save_adapter
+
+        return save_adapter(self.module, Path(out_dir), self.gathered, is_main=every_rank or is_main_process())
+
     def named_weights(self, tied_copies: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
         """Full (gathered) weights in the checkpoint naming vLLM expects, one tensor at a time.
         `tied_copies=False` names a tied weight once (lm_head = embeddings), as a checkpoint stores it."""
         module = self.module
+        if self.is_lora:
+            from grpo.runtime.lora import merged_named_weights
+
+            yield from merged_named_weights(module, self.gathered, tied_copies=tied_copies)
+            return
         if self.cfg.zero_stage == 3:
             import deepspeed
 
@@ -315,14 +347,27 @@ class TrainEngine:
             print(f"[{stage}] resumed from checkpoint {ckpt_dir / tag} at step {state['step']}", flush=True)
         return state
 
-    def save_pretrained(self, out_dir: Path, tokenizer=None) -> None:
-        """A normal Hugging Face directory (rank 0 writes; all ranks must call under ZeRO-3)."""
-        state = dict(self.named_weights(tied_copies=False)) if self.cfg.zero_stage == 3 else None
-        if is_main_process():
-            out_dir.mkdir(parents=True, exist_ok=True)
-            self.module.save_pretrained(str(out_dir), state_dict=state, safe_serialization=True)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(str(out_dir))
+    def save_pretrained(self, out_dir: Path, tokenizer=None, *, merged: bool = True) -> None:
+        """A normal Hugging Face directory (rank 0 writes; all ranks must call under ZeRO-3). With LoRA: the adapter
+        in `out_dir/adapter`, and the merged model in `out_dir` unless `merged=False` (then `out_dir` holds the
+        adapter alone)."""
+        out_dir = Path(out_dir)
+        if self.is_lora:
+            from grpo.runtime.lora import ADAPTER_SUBDIR
+
+            self.save_adapter(out_dir / ADAPTER_SUBDIR if merged else out_dir)
+            if merged:
+                state = dict(self.named_weights(tied_copies=False))
+                if is_main_process():
+                    self.module.get_base_model().save_pretrained(str(out_dir), state_dict=state,
+                                                                 safe_serialization=True)
+        else:
+            state = dict(self.named_weights(tied_copies=False)) if self.cfg.zero_stage == 3 else None
+            if is_main_process():
+                out_dir.mkdir(parents=True, exist_ok=True)
+                self.module.save_pretrained(str(out_dir), state_dict=state, safe_serialization=True)
+        if is_main_process() and tokenizer is not None:
+            tokenizer.save_pretrained(str(out_dir))
         barrier()
 
 

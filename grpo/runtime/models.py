@@ -34,14 +34,32 @@ def load_tokenizer(path: str, cfg: ModelConfig):
 
 
 def load_model(path: str, cfg: ModelConfig, *, trainable: bool = True) -> torch.nn.Module:
+    """A causal LM from a model directory (or hub id), or from a stage output that holds a LoRA adapter alone.
+
+    With `cfg.lora` a trainable model is a peft model whose adapter is the only trained part: a fresh adapter on
+    the (merged) model, or with `lora.next_stage: adapter` the adapter `path` holds, trained further. A frozen
+    model (`trainable=False`: references, evaluation) is always the plain merged model."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype],
-                                                 trust_remote_code=cfg.trust_remote_code)
+    from grpo.runtime import lora
+
+    if trainable and lora.continues_adapter(path, cfg):
+        model = lora.load_continued(path, cfg)
+    else:
+        if lora.is_adapter_only(path):
+            model = lora.load_merged(path, cfg)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype],
+                                                         trust_remote_code=cfg.trust_remote_code)
+        if trainable and cfg.lora is not None:
+            model = lora.attach(model, cfg.lora, path)
     if trainable:
         model.config.use_cache = False
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
+            if cfg.lora is not None:
+                # Frozen embeddings give checkpointed blocks inputs without grad: no gradient would reach the adapter.
+                model.enable_input_require_grads()
         model.train()
     else:
         model.eval()
@@ -57,5 +75,12 @@ def load_weights(model_dir: str | Path):
     argmax still right, sampled text garbage). The model's state_dict names every tied copy."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="auto")
+    from grpo.runtime import lora
+
+    if lora.is_adapter_only(model_dir):
+        from grpo.config import ModelConfig
+
+        model = lora.load_merged(model_dir, ModelConfig(dtype="float32"))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="auto")
     yield from model.state_dict().items()

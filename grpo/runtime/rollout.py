@@ -17,11 +17,16 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
 import torch
 
 from grpo.config import RolloutConfig
+
+
+class WeightSyncError(RuntimeError):
+    """The rollout engine's logprobs no longer match the trainer's: it does not sample from the trained policy."""
 
 
 @dataclass
@@ -110,7 +115,7 @@ def quiet_weight_push():
 
 class VLLMRollout:
     def __init__(self, model_path: str, cfg: RolloutConfig, *, dtype: str = "float32",
-                 max_model_len: int | None = None):
+                 max_model_len: int | None = None, max_lora_rank: int | None = None):
         # Colocated with a DeepSpeed rank in the same process (DESIGN.md): the engine core must not
         # run in a separate process, and the executor reuses torch.distributed's groups.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -126,6 +131,9 @@ class VLLMRollout:
             kwargs["distributed_executor_backend"] = "external_launcher"
         if cfg.enable_sleep_mode:
             kwargs["enable_sleep_mode"] = True
+        if max_lora_rank:
+            # Adapter pushes (model.lora.push: adapter): one adapter, the policy's, replaced after every step.
+            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
         if cfg.kv_cache_gb:
             kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_gb * 1024**3)
         if max_model_len or cfg.max_model_len:
@@ -141,6 +149,9 @@ class VLLMRollout:
         torch.set_num_threads(train_threads)
         self.tokenizer = self.llm.get_tokenizer()
         self._asleep = False
+        self.lora_enabled = bool(max_lora_rank)
+        self._lora_request = None  # the pushed adapter, applied to every request until the next push
+        self._lora_version = 0
 
     def _params(self, spec: SamplingSpec, seed: int):
         from vllm import SamplingParams
@@ -156,7 +167,7 @@ class VLLMRollout:
         params = [self._params(spec, s) for s in seeds]
         torch.set_num_threads(self._gen_threads)
         try:
-            outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
+            outputs = self.llm.generate(list(prompts), params, use_tqdm=False, lora_request=self._lora_request)
         finally:
             torch.set_num_threads(self._train_threads)
         # Decoded like HFRollout: the whole completion at once, special tokens dropped.
@@ -185,6 +196,24 @@ class VLLMRollout:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(named_weights)})
             # Cached KV blocks were computed with the old weights.
             self.llm.reset_prefix_cache()
+        self._lora_request = None  # these weights are the whole policy
+        return time.perf_counter() - t0
+
+    def push_adapter(self, adapter_dir: str | Path) -> float:
+        """Sample from the engine's weights + the LoRA adapter saved in `adapter_dir` (peft format) from now on;
+        returns seconds taken (loading included: vLLM loads an adapter on its first request, here at once)."""
+        from vllm import SamplingParams
+        from vllm.lora.request import LoRARequest
+
+        if not self.lora_enabled:
+            raise RuntimeError("push_adapter: this vLLM engine was built without LoRA support (max_lora_rank)")
+        t0 = time.perf_counter()
+        # A new id per push: vLLM caches adapters (and prefix-cache blocks) by id, so the new weights are loaded
+        # and no KV block computed under the old adapter is reused.
+        self._lora_version += 1
+        self._lora_request = LoRARequest(f"policy-{self._lora_version}", self._lora_version, str(adapter_dir))
+        with quiet_weight_push():
+            self.llm.generate(["0"], SamplingParams(max_tokens=1), use_tqdm=False, lora_request=self._lora_request)
         return time.perf_counter() - t0
 
     def token_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
@@ -194,7 +223,7 @@ class VLLMRollout:
 
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0)
         out = self.llm.generate([TokensPrompt(prompt_token_ids=list(prompt_ids) + list(completion_ids))], params,
-                                use_tqdm=False)[0]
+                                use_tqdm=False, lora_request=self._lora_request)[0]
         ids = list(prompt_ids) + list(completion_ids)
         lps = out.prompt_logprobs
         return [lps[i][ids[i]].logprob for i in range(len(prompt_ids), len(ids))]
@@ -278,9 +307,9 @@ class HFRollout:
 
 
 def create_rollout(cfg: RolloutConfig, model_path: str, *, tokenizer, dtype: str = "float32",
-                   max_model_len: int | None = None) -> Rollout:
+                   max_model_len: int | None = None, max_lora_rank: int | None = None) -> Rollout:
     if cfg.backend == "vllm":
-        return VLLMRollout(model_path, cfg, dtype=dtype, max_model_len=max_model_len)
+        return VLLMRollout(model_path, cfg, dtype=dtype, max_model_len=max_model_len, max_lora_rank=max_lora_rank)
     from grpo.runtime.models import DTYPES
 
     return HFRollout(model_path, cfg, tokenizer=tokenizer, dtype=DTYPES[dtype])

@@ -55,8 +55,17 @@ class StageContext:
             max_pos = getattr(self.tokenizer, "model_max_length", None)
             if isinstance(max_pos, int) and max_pos < 10**6:
                 max_len = min(max_len, max_pos)
-            self._rollout = create_rollout(self.cfg.rollout, self.base_model_path, tokenizer=self.tokenizer,
-                                           dtype=self.cfg.model.dtype, max_model_len=max_len)
+            from grpo.runtime.lora import adapter_base, is_adapter_only, resolve_push, vllm_max_lora_rank
+
+            lora = self.cfg.model.lora
+            adapter_push = "grpo" in self.cfg.stages and resolve_push(lora, self.cfg.rollout.backend) == "adapter"
+            # A LoRA stage output without a merged model (model.lora.save_merged: false) as the run's start: the
+            # engine is built on the adapter's base; the stages and evaluations push base + adapter into it.
+            engine_model = (adapter_base(self.base_model_path) if is_adapter_only(self.base_model_path)
+                            else self.base_model_path)
+            self._rollout = create_rollout(self.cfg.rollout, engine_model, tokenizer=self.tokenizer,
+                                           dtype=self.cfg.model.dtype, max_model_len=max_len,
+                                           max_lora_rank=vllm_max_lora_rank(lora.rank) if adapter_push else None)
         return self._rollout
 
     @property

@@ -35,6 +35,7 @@ from grpo.runtime.distributed import (all_gather_int, all_gather_objects, all_re
 from grpo.runtime.engine import TrainEngine
 from grpo.runtime.faults import stop_if_requested
 from grpo.runtime.attention import attention_cost_ratio, uses_varlen_attention
+from grpo.runtime.lora import fresh_adapter, saves_merged
 from grpo.runtime.models import load_model, load_weights
 from grpo.runtime.reference_cache import (ReferenceLogps, cache_file, cache_key, compute_reference_logps,
                                           load_or_compute, model_fingerprint, pair_batch, sequence_logps,
@@ -259,6 +260,11 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
             engine.train()
             say(f"[dpo] reference logprobs {'read from' if hit else 'computed into'} {path} "
                 f"({time.perf_counter() - t0:.1f}s)", flush=True)
+        elif fresh_adapter(init_model_path, cfg.model):
+            # LoRA: the reference is the policy with its (fresh) adapter disabled; no second model.
+            def ref_forward(ids, att, pos=None):
+                with engine.adapter_disabled():
+                    return engine.forward(ids, att, pos)
         else:
             ref_model = load_model(init_model_path, cfg.model, trainable=False).to(device())
             ref_forward = (lambda ids, att, pos=None: ref_model(input_ids=ids, attention_mask=att, position_ids=pos,
@@ -328,7 +334,7 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
         if final:
             say(f"[dpo] held-out pairs: margin {final.get('eval/rewards/margins', float('nan')):.3f}, "
                 f"accuracy {final.get('eval/rewards/accuracy', float('nan')):.3f}", flush=True)
-    engine.save_pretrained(final_dir, ctx.tokenizer)
+    engine.save_pretrained(final_dir, ctx.tokenizer, merged=saves_merged(cfg.model))
     barrier()
     del engine, ref_model
     return final_dir

@@ -8,6 +8,8 @@ DeepSpeed averages gradients; statistics are averaged over ranks for logging.
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +22,13 @@ from grpo.algorithms.packing import PromptSharing, pack_shared_prefix, packed_to
 from grpo.algorithms.policy_losses import policy_loss, soft_overlong_penalty
 from grpo.data.prompt_stream import PromptStream, request_seed
 from grpo.metrics import progress, short
-from grpo.runtime.distributed import all_gather_int, all_reduce_mean, barrier, device, seed_everything, to_device
+from grpo.runtime.distributed import all_gather_int, all_gather_objects, all_reduce_mean, barrier, device, seed_everything, to_device
 from grpo.runtime.engine import TrainEngine
 from grpo.runtime.faults import stop_if_requested
 from grpo.runtime.attention import attention_cost_ratio, uses_varlen_attention
+from grpo.runtime.lora import fresh_adapter, resolve_push, saves_merged
 from grpo.runtime.models import load_model
-from grpo.runtime.rollout import Group, SamplingSpec
+from grpo.runtime.rollout import Group, SamplingSpec, WeightSyncError
 from grpo.stages.context import StageContext
 from grpo.stages.evaluation import run_eval
 
@@ -180,16 +183,28 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
     # ZeRO-3 gathers parameters collectively in every forward, so all ranks must run the same number of
     # passes: one per micro-batch (padding buckets would differ from rank to rank and hang the step).
     max_padding = 1.0 if cfg.engine.zero_stage == 3 and dist.world_size > 1 else g.max_padding
-    ref_model = load_model(init_model_path, cfg.model, trainable=False).to(dev) if g.beta > 0 else None
-    ref_forward = (lambda ids, att, pos=None: ref_model(input_ids=ids, attention_mask=att, position_ids=pos,
-                                                        use_cache=False).logits)
+    # The KL reference is the model the stage started from: with a fresh LoRA adapter that is the policy with its
+    # adapter disabled (no second model in memory).
+    ref_model, ref_forward = None, None
+    if g.beta > 0 and fresh_adapter(init_model_path, cfg.model):
+        def ref_forward(ids, att, pos=None):
+            with engine.adapter_disabled():
+                return engine.forward(ids, att, pos)
+    elif g.beta > 0:
+        ref_model = load_model(init_model_path, cfg.model, trainable=False).to(dev)
+        ref_forward = (lambda ids, att, pos=None: ref_model(input_ids=ids, attention_mask=att, position_ids=pos,
+                                                            use_cache=False).logits)
+    # model.lora.push: adapter: only the adapter moves into vLLM after a step (each rank writes its own copy).
+    adapter_push = None
+    if engine.is_lora and resolve_push(cfg.model.lora, cfg.rollout.backend) == "adapter":
+        adapter_push = Path(tempfile.mkdtemp(prefix=f"grpo_adapter_push_rank{dist.rank}_"))
 
     start_step, position = 0, 0
     state = engine.resume(ckpt_dir, cfg.resume, "grpo")
     if state is not None:
         start_step, position = state["step"], state["data_position"][dist.rank]
     stream = PromptStream(len(examples), cfg.seed, dist.rank, dist.world_size, position)
-    push_s = rollout.push_weights(engine.named_weights())  # the engine may hold another stage's weights
+    push_s = push_policy(engine, rollout, adapter_push, first=True)  # the engine may hold another stage's weights
 
     def save(step: int) -> None:
         positions = [int(p) for p in all_gather_int(stream.position)]
@@ -256,7 +271,7 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
         temp = cfg.rollout.temperature
         with torch.no_grad():
             for t in tensors:
-                if ref_model is not None:
+                if ref_forward is not None:
                     t["ref_logprobs"] = sequence_logprobs(ref_forward, t, temp, mask_dtype=mask_dtype)[0]
                 if g.num_iterations > 1:
                     t["old_logprobs"] = sequence_logprobs(engine.forward, t, temp, mask_dtype=mask_dtype)[0]
@@ -300,7 +315,7 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
         engine.eval()
         timings["timing/update"] = time.perf_counter() - t0
         rollout.wake_up()
-        push_s = rollout.push_weights(engine.named_weights())
+        push_s = push_policy(engine, rollout, adapter_push)
 
         # ---- metrics ----------------------------------------------------------------------------------
         lengths = [len(s.completion_ids) for s in samples[: n_real * G]] or [0]
@@ -322,7 +337,8 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
         record = all_reduce_mean(local)
         record["timing/weight_push"] = push_s
         if g.check_weight_sync:
-            record["sync/max_logprob_diff"] = weight_sync_error(engine, rollout, samples[0], pad_id)
+            record.update(weight_sync_error(engine, rollout, samples[0], pad_id))
+            check_sync(record, sync_tolerance(cfg), step + 1)
         record["epoch"] = stream.position / len(stream.indices)
         if g.eval_every and (step + 1) % g.eval_every == 0 and step + 1 < g.steps:
             record.update({f"eval/{k}": v for k, v in run_eval(ctx).items()})
@@ -334,17 +350,60 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
     bar.close()
     if g.steps > start_step:
         save(g.steps)
-    engine.save_pretrained(final_dir, ctx.tokenizer)
+    engine.save_pretrained(final_dir, ctx.tokenizer, merged=saves_merged(cfg.model))
     barrier()
+    if adapter_push is not None:
+        shutil.rmtree(adapter_push, ignore_errors=True)
     del engine
     return final_dir
 
 
+def push_policy(engine: TrainEngine, rollout, adapter_dir: Path | None, first: bool = False) -> float:
+    """Give the rollout engine the trainer's policy; returns seconds taken. Full weights (LoRA: merged), or with
+    `adapter_dir` the adapter alone, on top of the base weights that the first push of the stage loads."""
+    if adapter_dir is None:
+        return rollout.push_weights(engine.named_weights())
+    t0 = time.perf_counter()
+    if first:
+        with engine.adapter_disabled():
+            rollout.push_weights(engine.named_weights())
+    engine.save_adapter(adapter_dir, every_rank=True)
+    rollout.push_adapter(adapter_dir)
+    return time.perf_counter() - t0
+
+
+def sync_tolerance(cfg) -> float | None:
+    if cfg.grpo.sync_tolerance is not None:
+        return cfg.grpo.sync_tolerance
+    return 1e-3 if cfg.model.dtype == "float32" and cfg.engine.precision == "fp32" else None
+
+
+def check_sync(record: dict, tolerance: float | None, step: int) -> None:
+    """Stop the run when the rollout engine no longer samples from the trained policy."""
+    diff = record["sync/max_logprob_diff"]
+    if tolerance is None or not diff > tolerance:
+        return
+    effect = record.get("sync/adapter_effect")
+    hint = (f"; the LoRA adapter moves logprobs by up to {effect:.3g}, so an engine sampling from the base model "
+            "would differ by about that" if effect is not None else "")
+    raise WeightSyncError(f"grpo.check_weight_sync: after the push of step {step} the rollout engine's logprobs differ "
+                       f"from the trainer's by {diff:.3g} > grpo.sync_tolerance={tolerance:g}{hint}")
+
+
 @torch.no_grad()
-def weight_sync_error(engine: TrainEngine, rollout, sample: Sample, pad_id: int) -> float:
-    """Largest |engine logprob - trainer logprob| over one completion's tokens (temperature 1)."""
+def weight_sync_error(engine: TrainEngine, rollout, sample: Sample, pad_id: int) -> dict[str, float]:
+    """`sync/max_logprob_diff`: the largest |engine logprob - trainer logprob| over one completion's tokens
+    (temperature 1). With LoRA also `sync/adapter_effect`: the largest |trainer - trainer with the adapter
+    disabled|, so a rollout that sampled from the base model would show sync/max_logprob_diff near this."""
     engine_lps = torch.tensor(rollout.token_logprobs(sample.prompt_ids, sample.completion_ids))
     t = to_device(micro_batch_tensors([sample], pad_id), device())
     t["mask"][0, len(sample.prompt_ids) - 1:len(sample.prompt_ids) - 1 + len(sample.completion_ids)] = True
     trainer_lps = sequence_logprobs(engine.forward, t, 1.0)[0][t["mask"]].cpu()
-    return float((engine_lps - trainer_lps).abs().max()) if len(engine_lps) else 0.0
+    out = {"sync/max_logprob_diff": float((engine_lps - trainer_lps).abs().max()) if len(engine_lps) else 0.0}
+    if engine.is_lora:
+        with engine.adapter_disabled():
+            base_lps = sequence_logprobs(engine.forward, t, 1.0)[0][t["mask"]].cpu()
+        out["sync/adapter_effect"] = float((trainer_lps - base_lps).abs().max()) if len(base_lps) else 0.0
+    # The largest over all ranks: every rank then takes the same decision in `check_sync`.
+    every = all_gather_objects(out)
+    return {k: max(o[k] for o in every) for k in out}

@@ -14,6 +14,7 @@ from grpo.runtime.distributed import barrier, seed_everything
 from grpo.runtime.engine import init_distributed
 from grpo.runtime.faults import (install_stop_signals, is_peer_failure, peer_lost, restore_signals,
                                  stop_if_requested)
+from grpo.runtime.lora import is_adapter_only
 from grpo.runtime.models import load_tokenizer, load_weights, resolve_model_path
 from grpo.stages.evaluation import run_eval
 from grpo.stages.gate import GateStopped, describe, verdict
@@ -57,6 +58,8 @@ def setup(cfg: RunConfig, model_path: str | None = None) -> StageContext:
 
 
 def _eval_model(ctx: StageContext, model_dir: str | None) -> dict:
+    if model_dir is None and is_adapter_only(ctx.base_model_path):
+        model_dir = ctx.base_model_path  # the engine was built on the adapter's base: push base + adapter
     if model_dir is not None:
         ctx.rollout.push_weights(load_weights(model_dir))
     return run_eval(ctx)
@@ -88,8 +91,8 @@ def run(cfg: RunConfig, stages: list[str] | None = None, preflight=None) -> dict
             final_dir = ctx.run_dir / stage / "final"
             done_marker = ctx.run_dir / stage / "done.json"
             fingerprint = _stage_fingerprint(cfg, stage, current)
-            if (cfg.resume == "auto" and (final_dir / "config.json").exists() and stage in summary["stages"]
-                    and done_marker.exists() and json.loads(done_marker.read_text()) == fingerprint):
+            finished = (final_dir / "config.json").exists() or is_adapter_only(final_dir)
+            if (cfg.resume == "auto" and finished and stage in summary["stages"] and done_marker.exists() and json.loads(done_marker.read_text()) == fingerprint):
                 say(f"[pipeline] stage {stage} already finished in {final_dir}; resuming after it", flush=True)
                 current = str(final_dir)
                 current, accepted, accepted_name = _apply_gate(cfg, summary, stage, before_model, current, accepted,

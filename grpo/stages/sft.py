@@ -37,6 +37,7 @@ from grpo.runtime.distributed import (all_gather_int, all_reduce_mean, barrier, 
 from grpo.runtime.engine import TrainEngine
 from grpo.runtime.faults import stop_if_requested
 from grpo.runtime.attention import uses_varlen_attention
+from grpo.runtime.lora import saves_merged
 from grpo.runtime.models import load_model
 from grpo.stages.context import StageContext
 
@@ -184,12 +185,12 @@ def _eval_loss(engine: TrainEngine, rows: list[PackedRow], micro_rows: int, pad_
     return totals["nll"] / max(totals["tokens"], 1.0)
 
 
-def _save_best(engine: TrainEngine, stage_dir: Path, tokenizer, step: int, loss: float) -> None:
+def _save_best(engine: TrainEngine, stage_dir: Path, tokenizer, step: int, loss: float, model_cfg) -> None:
     """Write the model to stage_dir/best through a temporary directory, so `best` is always whole."""
     tmp, best = stage_dir / "best.tmp", stage_dir / "best"
     if is_main_process() and tmp.exists():
         shutil.rmtree(tmp)
-    engine.save_pretrained(tmp, tokenizer)
+    engine.save_pretrained(tmp, tokenizer, merged=saves_merged(model_cfg))
     if is_main_process():
         (tmp / "sft_best.json").write_text(json.dumps({"step": step, "eval_loss": loss}))
         if best.exists():
@@ -259,7 +260,7 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
     def run_eval(step: int) -> dict:
         loss = _eval_loss(engine, eval_rows, micro_rows, pad_id, varlen, dtype, dev, rows[0])
         if stopper.update(loss, step):
-            _save_best(engine, stage_dir, ctx.tokenizer, step, loss)
+            _save_best(engine, stage_dir, ctx.tokenizer, step, loss, ctx.cfg.model)
         return {"eval/loss": loss, "eval/best_loss": stopper.best, "eval/bad_evals": stopper.bad_evals}
 
     engine.train()
@@ -328,7 +329,7 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
         say(f"[sft] final model = best checkpoint (step {stopper.best_step}, eval loss {stopper.best:.4f})",
             flush=True)
     else:
-        engine.save_pretrained(final_dir, ctx.tokenizer)
+        engine.save_pretrained(final_dir, ctx.tokenizer, merged=saves_merged(ctx.cfg.model))
     barrier()
     del engine
     return final_dir

@@ -44,6 +44,14 @@ def validate_run(cfg: RunConfig, source: str, hardware: bool = False, lines: lis
 
     lines = [] if lines is None else lines
     lines.append("model: " + _model_note(cfg))
+    if cfg.model.lora is not None:
+        from grpo.runtime.lora import resolve_push
+
+        lo = cfg.model.lora
+        targets = lo.target_modules if isinstance(lo.target_modules, str) else ", ".join(lo.target_modules)
+        lines.append(f"lora: rank {lo.rank}, alpha {lo.alpha:g} on {targets}"
+                     + (f", modules_to_save {', '.join(lo.modules_to_save)}" if lo.modules_to_save else "")
+                     + f"; GRPO pushes the {resolve_push(lo, cfg.rollout.backend)} weights; next stage: {lo.next_stage}")
     if cfg.stages:
         check_training_precision(cfg, source)
     needs = gpu_features(cfg)

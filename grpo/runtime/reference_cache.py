@@ -156,7 +156,7 @@ def model_fingerprint(model_dir: str | Path) -> str:
     model_dir = Path(model_dir)
     h = _sha()
     files = sorted(p for p in model_dir.iterdir()
-                   if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.name == "config.json"))
+                   if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.name in ("config.json", "adapter_config.json")))
     if not files:
         raise FileNotFoundError(f"{model_dir}: no weight files to fingerprint")
     for p in files:

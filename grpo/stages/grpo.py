@@ -22,7 +22,8 @@ from grpo.algorithms.packing import PromptSharing, pack_shared_prefix, packed_to
 from grpo.algorithms.policy_losses import policy_loss, soft_overlong_penalty
 from grpo.data.prompt_stream import PromptStream, request_seed
 from grpo.metrics import progress, short
-from grpo.runtime.distributed import all_gather_int, all_gather_objects, all_reduce_mean, barrier, device, seed_everything, to_device
+from grpo.runtime.distributed import (all_gather_int, all_gather_objects, all_reduce_mean, barrier, device,
+                                      seed_everything, to_device)
 from grpo.runtime.engine import TrainEngine
 from grpo.runtime.faults import stop_if_requested
 from grpo.runtime.attention import attention_cost_ratio, uses_varlen_attention

@@ -11,12 +11,11 @@ validated (a bad one stops the run naming its row), every pair is tokenized and 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
 import time
-from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -30,18 +29,18 @@ from grpo.data.prompt_stream import PromptStream
 from grpo.data.rows import DataError
 from grpo.data.verifier_pairs import PairReport, build_verifier_pairs
 from grpo.metrics import progress, short
-from grpo.runtime.distributed import (all_gather_int, all_gather_objects, all_reduce_mean, barrier, device,
+from grpo.runtime.distributed import (all_gather_int, all_reduce_mean, barrier, device,
                                       lockstep_chunks, seed_everything, to_device)
 from grpo.runtime.engine import TrainEngine
 from grpo.runtime.faults import stop_if_requested
 from grpo.runtime.attention import attention_cost_ratio, uses_varlen_attention
 from grpo.runtime.lora import fresh_adapter, saves_merged
-from grpo.runtime.models import load_model, load_weights
+from grpo.runtime.models import load_model
 from grpo.runtime.reference_cache import (ReferenceLogps, cache_file, cache_key, compute_reference_logps,
-                                          load_or_compute, model_fingerprint, pair_batch, sequence_logps,
+                                          load_or_compute, pair_batch, sequence_logps,
                                           writable_dir)
-from grpo.runtime.rollout import SamplingSpec
 from grpo.stages.context import StageContext
+from grpo.stages.sampled_data import reuse_saved, sample_on_every_rank, sampled_data_key
 
 DEFAULT_MICRO_PAIRS = 8  # pairs per forward (2x sequences) when dpo.micro_batch_size is not set
 STAT_NAMES = {"rewards_chosen": "rewards/chosen", "rewards_rejected": "rewards/rejected",
@@ -74,34 +73,21 @@ def file_pairs(ctx: StageContext) -> list[TokenizedPair]:
 def verifier_pairs(ctx: StageContext, init_model_path: str, stage_dir: Path) -> list[TokenizedPair]:
     """Sampled from the initial policy and labelled by the verifiers; saved in the run directory and
     reused when the stage is resumed."""
-    cfg, p, dist = ctx.cfg, ctx.cfg.dpo, ctx.dist
+    p, dist = ctx.cfg.dpo, ctx.dist
     pairs_path, report_path = stage_dir / "pairs.jsonl", stage_dir / "pairs_report.json"
-    key = pairs_key(ctx, init_model_path)
-    if cfg.resume != "never" and pairs_path.exists() and report_path.exists():
-        if json.loads(report_path.read_text()).get("key") == key:
-            pairs = load_tokenized_pairs(pairs_path)
-            if dist.is_main:
-                print(f"[dpo] reusing {len(pairs)} verifier-built pairs from {pairs_path}", flush=True)
-            return pairs
-        if dist.is_main:
-            print(f"[dpo] {pairs_path} was built from another model or other settings: building new pairs", flush=True)
-    examples = ctx.examples("rl")[: p.num_prompts]
-    mine = examples[dist.rank::dist.world_size]
-    ctx.rollout.push_weights(load_weights(init_model_path))  # sample from the policy DPO starts with
-    spec = SamplingSpec.from_config(cfg.rollout, n=p.samples_per_prompt)
-    bar = progress(total=len(mine), desc="dpo pairs", enabled=ctx.show_progress)
+    key = sampled_data_key(ctx, init_model_path, "dpo",
+                           ("num_prompts", "samples_per_prompt", "chosen_rule", "rejected_rule", "max_seq_len"))
+    saved = reuse_saved(ctx, pairs_path, report_path, key, load_tokenized_pairs, "dpo", "verifier-built pairs")
+    if saved is not None:
+        return saved
     t0 = time.perf_counter()
-    local, report = build_verifier_pairs(ctx.rollout, ctx.verifier, mine, spec=spec, seed=cfg.seed + 7 * dist.rank,
-                                         chosen_rule=p.chosen_rule, rejected_rule=p.rejected_rule, progress_bar=bar)
-    bar.close()
-    for pair in local:  # row: index into this rank's share -> index into the rl prompts
-        pair.row = pair.row * dist.world_size + dist.rank
-    gathered = all_gather_objects((local, report.as_dict()))
-    pairs = sorted((pr for part, _ in gathered for pr in part), key=lambda pr: pr.row)
-    total = PairReport(**{k: sum(r[k] for _, r in gathered) for k in
+    pairs, reports = sample_on_every_rank(
+        ctx, init_model_path, p.num_prompts, p.samples_per_prompt, "dpo pairs",
+        partial(build_verifier_pairs, chosen_rule=p.chosen_rule, rejected_rule=p.rejected_rule))
+    total = PairReport(**{k: sum(r[k] for r in reports) for k in
                           ("prompts", "samples", "pairs", "skipped_all_correct", "skipped_all_wrong",
                            "skipped_only_truncated_correct")})
-    total.correct_fraction = sum(r["correct_fraction"] * r["samples"] for _, r in gathered) / max(total.samples, 1)
+    total.correct_fraction = sum(r["correct_fraction"] * r["samples"] for r in reports) / max(total.samples, 1)
     cut = 0
     for i, pr in enumerate(pairs):
         pairs[i], was_cut = fit_pair(pr, p.max_seq_len, source="verifier pairs")
@@ -118,18 +104,6 @@ def verifier_pairs(ctx: StageContext, init_model_path: str, stage_dir: Path) -> 
                         f"among {p.samples_per_prompt} samples ({total.summary()}); raise dpo.samples_per_prompt or "
                         "rollout.temperature, or train SFT longer")
     return pairs
-
-
-def pairs_key(ctx: StageContext, init_model_path: str) -> str:
-    """What verifier-built pairs depend on: the sampling model, the prompts, the sampling and choice
-    settings, the verifiers. Saved pairs are reused only under the same key."""
-    cfg, p = ctx.cfg, ctx.cfg.dpo
-    parts = {"model": model_fingerprint(init_model_path), "seed": cfg.seed, "world": ctx.dist.world_size,
-             "data": asdict(cfg.data), "verifiers": [asdict(v) for v in cfg.verifiers],
-             "rollout": {k: getattr(cfg.rollout, k) for k in ("temperature", "top_p", "top_k", "max_tokens")},
-             "dpo": {k: getattr(p, k) for k in ("num_prompts", "samples_per_prompt", "chosen_rule", "rejected_rule",
-                                                "max_seq_len")}}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 def split_pairs(pairs: list[TokenizedPair], eval_size: int,

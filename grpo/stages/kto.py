@@ -14,12 +14,11 @@ keeps every sampled answer (a prompt whose answers are all right, or all wrong, 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
 import time
-from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -34,17 +33,17 @@ from grpo.data.unpaired import (TokenizedAnswer, load_tokenized_answers, load_un
 from grpo.data.verifier_labels import LabelReport, balance_answers, build_verifier_labels
 from grpo.metrics import progress, short
 from grpo.runtime.attention import attention_cost_ratio, uses_varlen_attention
-from grpo.runtime.distributed import (all_gather_int, all_gather_objects, all_reduce_mean, barrier, device,
+from grpo.runtime.distributed import (all_gather_int, all_reduce_mean, barrier, device,
                                       lockstep_chunks, seed_everything, to_device)
 from grpo.runtime.engine import TrainEngine
 from grpo.runtime.faults import stop_if_requested
 from grpo.runtime.lora import fresh_adapter, saves_merged
-from grpo.runtime.models import load_model, load_weights
+from grpo.runtime.models import load_model
 from grpo.runtime.reference_cache import (ReferenceLogps, cache_file, cache_key, compute_reference_logps,
-                                          continuation_batch, load_or_compute, model_fingerprint, sequence_logps,
+                                          continuation_batch, load_or_compute, sequence_logps,
                                           writable_dir)
-from grpo.runtime.rollout import SamplingSpec
 from grpo.stages.context import StageContext
+from grpo.stages.sampled_data import reuse_saved, sample_on_every_rank, sampled_data_key
 
 DEFAULT_MICRO = 16  # examples per forward when kto.micro_batch_size is not set
 ADVISED_RATIO = (1.0, 4.0 / 3.0)  # lambda_D n_D / (lambda_U n_U), Ethayarajh et al. 2024, section 4.2
@@ -70,29 +69,15 @@ def verifier_answers(ctx: StageContext, init_model_path: str, stage_dir: Path) -
     reused when the stage is resumed."""
     cfg, k, dist = ctx.cfg, ctx.cfg.kto, ctx.dist
     data_path, report_path = stage_dir / "answers.jsonl", stage_dir / "answers_report.json"
-    key = data_key(ctx, init_model_path)
-    if cfg.resume != "never" and data_path.exists() and report_path.exists():
-        if json.loads(report_path.read_text()).get("key") == key:
-            answers = load_tokenized_answers(data_path)
-            if dist.is_main:
-                print(f"[kto] reusing {len(answers)} verifier-labelled answers from {data_path}", flush=True)
-            return answers
-        if dist.is_main:
-            print(f"[kto] {data_path} was built from another model or other settings: sampling again", flush=True)
-    examples = ctx.examples("rl")[: k.num_prompts]
-    mine = examples[dist.rank::dist.world_size]
-    ctx.rollout.push_weights(load_weights(init_model_path))  # sample from the policy KTO starts with
-    spec = SamplingSpec.from_config(cfg.rollout, n=k.samples_per_prompt)
-    bar = progress(total=len(mine), desc="kto labels", enabled=ctx.show_progress)
+    key = sampled_data_key(ctx, init_model_path, "kto",
+                           ("num_prompts", "samples_per_prompt", "truncated_correct", "balance", "max_seq_len"))
+    saved = reuse_saved(ctx, data_path, report_path, key, load_tokenized_answers, "kto", "verifier-labelled answers")
+    if saved is not None:
+        return saved
     t0 = time.perf_counter()
-    local, report = build_verifier_labels(ctx.rollout, ctx.verifier, mine, spec=spec, seed=cfg.seed + 7 * dist.rank,
-                                          truncated_correct=k.truncated_correct, progress_bar=bar)
-    bar.close()
-    for a in local:  # row: index into this rank's share -> index into the rl prompts
-        a.row = a.row * dist.world_size + dist.rank
-    gathered = all_gather_objects((local, report.as_dict()))
-    answers = sorted((a for part, _ in gathered for a in part), key=lambda a: a.row)  # stable: sample order kept
-    total = LabelReport(**{f: sum(r[f] for _, r in gathered) for f in LabelReport().as_dict()})
+    answers, reports = sample_on_every_rank(ctx, init_model_path, k.num_prompts, k.samples_per_prompt, "kto labels",
+                                            partial(build_verifier_labels, truncated_correct=k.truncated_correct))
+    total = LabelReport(**{f: sum(r[f] for r in reports) for f in LabelReport().as_dict()})
     if k.balance == "downsample":
         if total.desirable == 0 or total.undesirable == 0:
             side = "desirable" if not total.desirable else "undesirable"
@@ -121,18 +106,6 @@ def verifier_answers(ctx: StageContext, init_model_path: str, stage_dir: Path) -
     if not answers:
         raise DataError(f"kto.data=verifier: no answers were sampled ({total.summary()})")
     return answers
-
-
-def data_key(ctx: StageContext, init_model_path: str) -> str:
-    """What verifier-labelled answers depend on: the sampling model, the prompts, the sampling and labelling
-    settings, the verifiers. Saved answers are reused only under the same key."""
-    cfg, k = ctx.cfg, ctx.cfg.kto
-    parts = {"model": model_fingerprint(init_model_path), "seed": cfg.seed, "world": ctx.dist.world_size,
-             "data": asdict(cfg.data), "verifiers": [asdict(v) for v in cfg.verifiers],
-             "rollout": {f: getattr(cfg.rollout, f) for f in ("temperature", "top_p", "top_k", "max_tokens")},
-             "kto": {f: getattr(k, f) for f in ("num_prompts", "samples_per_prompt", "truncated_correct", "balance",
-                                                "max_seq_len")}}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 def split_answers(answers: list[TokenizedAnswer], eval_size: int,

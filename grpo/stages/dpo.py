@@ -29,17 +29,16 @@ from grpo.data.prompt_stream import PromptStream
 from grpo.data.rows import DataError
 from grpo.data.verifier_pairs import PairReport, build_verifier_pairs
 from grpo.metrics import progress, short
-from grpo.runtime.distributed import (all_gather_int, all_reduce_mean, barrier, device,
-                                      lockstep_chunks, seed_everything, to_device)
+from grpo.runtime.distributed import (all_gather_int, all_reduce_mean, barrier, lockstep_chunks, seed_everything,
+                                      to_device)
 from grpo.runtime.engine import TrainEngine
 from grpo.runtime.faults import stop_if_requested
 from grpo.runtime.attention import attention_cost_ratio, uses_varlen_attention
-from grpo.runtime.lora import fresh_adapter, saves_merged
+from grpo.runtime.lora import saves_merged
 from grpo.runtime.models import load_model
-from grpo.runtime.reference_cache import (ReferenceLogps, cache_file, cache_key, compute_reference_logps,
-                                          load_or_compute, pair_batch, sequence_logps,
-                                          writable_dir)
+from grpo.runtime.reference_cache import ReferenceLogps, pair_batch, sequence_logps
 from grpo.stages.context import StageContext
+from grpo.stages.reference import live_reference, precomputed_reference
 from grpo.stages.sampled_data import reuse_saved, sample_on_every_rank, sampled_data_key
 
 DEFAULT_MICRO_PAIRS = 8  # pairs per forward (2x sequences) when dpo.micro_batch_size is not set
@@ -219,30 +218,14 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
         say("[dpo] dpo.share_prompt: the model uses flash attention, which cannot take a tree mask; "
             "padded rows instead", flush=True)
     ref, ref_forward, ref_model = None, None, None
-    if p.loss_type != "simpo":
-        if p.precompute_reference:
-            settings = {"dtype": cfg.model.dtype, "precision": cfg.engine.precision, "sum": "answer_tokens"}
-            key = cache_key(model_dir=init_model_path, pairs=all_pairs, tokenizer=ctx.tokenizer, settings=settings)
-            path = cache_file(writable_dir(Path(p.reference_cache_dir or data_dir),
-                                           stage_dir / "ref_cache"), key)
-            t0 = time.perf_counter()
-            engine.eval()
-            ref, hit = load_or_compute(path, key, len(all_pairs), lambda: compute_reference_logps(
-                engine.forward, all_pairs, pad_id=pad_id, micro_batch_size=micro, device=dev, rank=dist.rank,
-                world_size=dist.world_size, sharing=sharing, mask_dtype=mask_dtype),
-                is_main=dist.is_main)
-            engine.train()
-            say(f"[dpo] reference logprobs {'read from' if hit else 'computed into'} {path} "
-                f"({time.perf_counter() - t0:.1f}s)", flush=True)
-        elif fresh_adapter(init_model_path, cfg.model):
-            # LoRA: the reference is the policy with its (fresh) adapter disabled; no second model.
-            def ref_forward(ids, att, pos=None):
-                with engine.adapter_disabled():
-                    return engine.forward(ids, att, pos)
-        else:
-            ref_model = load_model(init_model_path, cfg.model, trainable=False).to(device())
-            ref_forward = (lambda ids, att, pos=None: ref_model(input_ids=ids, attention_mask=att, position_ids=pos,
-                                                                use_cache=False).logits)
+    if p.loss_type != "simpo" and p.precompute_reference:
+        ref = precomputed_reference(
+            ctx, engine, all_pairs, init_model_path, pad_id=pad_id, micro_batch_size=micro, sharing=sharing,
+            mask_dtype=mask_dtype, tag="dpo", cache_dir=Path(p.reference_cache_dir or data_dir),
+            fallback_dir=stage_dir / "ref_cache",
+            settings={"dtype": cfg.model.dtype, "precision": cfg.engine.precision, "sum": "answer_tokens"})
+    elif p.loss_type != "simpo":
+        ref_forward, ref_model = live_reference(engine, init_model_path, cfg.model)
     scorer = PairScorer(cfg, all_pairs, pad_id, dev, ref, ref_forward, sharing, mask_dtype)
 
     start_step, position = 0, 0

@@ -1,6 +1,8 @@
 """Session-wide fixtures shared by every test package.
 
 `tiny_model_dir`: a small Qwen2 model + char tokenizer built once per session (no downloads).
+`sft_arith_model`: the embedded model after a short SFT on the arithmetic task, trained once per session (~50 s)
+for the slow tests that need a model with some skill to start RL from.
 `vllm_llm`: ONE vLLM engine on that model for the whole session; starting vLLM costs ~30 s on the CPU, so
 tests share it instead of starting their own. Tests that use it must be marked `@pytest.mark.slow` and must
 not leave it changed (e.g. a test that pushes new weights pushes the original ones back).
@@ -55,3 +57,28 @@ def vllm_llm(tiny_model_dir):
         yield llm
         del llm
         gc.collect()
+
+
+# What `sft_arith_model` was trained with; a test that starts RL from it and wants the same prompts passes these too.
+SFT_ARITH_DATA = ["data.arithmetic.n_rl=2000", "data.arithmetic.n_eval=50"]
+
+
+@pytest.fixture(scope="session")
+def sft_arith_model(tmp_path_factory):
+    """`grpo run configs/tiny_arith.yaml 'stages=[sft]'`, 300 steps (well short of convergence: ~25% sample
+    accuracy, room for RL to add); the final model directory."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from grpo.runtime.distributed import env_without_rendezvous
+
+    tmp = tmp_path_factory.mktemp("sft_arith")
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "grpo.cli", "run", str(repo / "configs" / "tiny_arith.yaml"), "name=sft",
+           f"output_dir={tmp / 'runs'}", f"model.tiny_dir={tmp / 'tiny'}", "stages=[sft]", *SFT_ARITH_DATA,
+           "sft.max_steps=300", "sft.eval_every=100", "sft.patience=0", "eval.num_problems=0",
+           "rollout.kv_cache_gb=0.25", "metrics.progress_bar=false", "metrics.tensorboard=false"]
+    proc = subprocess.run(cmd, cwd=tmp, env=env_without_rendezvous(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return tmp / "runs" / "sft" / "sft" / "final"

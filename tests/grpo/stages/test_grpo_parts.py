@@ -115,3 +115,24 @@ def test_bucketed_passes_give_the_loss_and_gradient_of_one_padded_pass(tiny_mode
     assert abs(loss_one) > 1e-3 and grad_one.abs().max() > 1e-4  # a real, non-zero comparison
     assert loss_split == pytest.approx(loss_one, abs=1e-5)
     assert torch.allclose(grad_split, grad_one, atol=1e-5, rtol=1e-4)
+
+
+def test_weight_sync_check_stops_an_engine_that_samples_another_policy():
+    """An engine sampling from the base model instead of base + adapter differs from the trainer by about the
+    adapter's effect: the run stops with both figures; within the tolerance nothing happens; bf16 is not enforced."""
+    from grpo.config import RunConfig
+    from grpo.runtime.rollout import WeightSyncError
+    from grpo.stages.grpo import check_sync, sync_tolerance
+
+    check_sync({"sync/max_logprob_diff": 6e-6, "sync/adapter_effect": 0.06}, 1e-3, 1)
+    with pytest.raises(WeightSyncError, match=r"step 3 .* 0\.059 > grpo.sync_tolerance=0.001.*adapter moves logprobs "
+                                              r"by up to 0\.06"):
+        check_sync({"sync/max_logprob_diff": 0.059, "sync/adapter_effect": 0.06}, 1e-3, 3)
+    cfg = RunConfig()
+    assert sync_tolerance(cfg) == 1e-3
+    cfg.model.dtype, cfg.engine.precision = "bfloat16", "bf16"
+    assert sync_tolerance(cfg) is None
+    check_sync({"sync/max_logprob_diff": 0.5}, sync_tolerance(cfg), 1)
+    cfg.grpo.sync_tolerance = 0.2
+    with pytest.raises(WeightSyncError, match="0.5 > grpo.sync_tolerance=0.2$"):
+        check_sync({"sync/max_logprob_diff": 0.5}, sync_tolerance(cfg), 1)

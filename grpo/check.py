@@ -68,9 +68,18 @@ def validate_run(cfg: RunConfig, source: str, hardware: bool = False, lines: lis
         except Exception as exc:
             raise ConfigError(f"verifiers[{i}].name: cannot build verifier {spec.name!r}: {exc}") from None
     lines.append("verifiers: " + ", ".join(f"{s.name} (weight {s.weight})" for s in cfg.verifiers))
+    if cfg.tools.enabled:
+        from grpo.runtime.tools import load_function
+
+        t = cfg.tools
+        for name, spec in t.functions.items():
+            load_function(spec, f"tools.functions.{name}")
+        lines.append(f"tools: {t.format} format; python (sandboxed{', session replay' if t.session == 'replay' else ''})"
+                     + "".join(f", {n} ({spec})" for n, spec in t.functions.items())
+                     + f"; up to {t.max_turns} calls and rollout.max_tokens={cfg.rollout.max_tokens} tokens per episode")
 
     d = cfg.data
-    if d.source != "arithmetic" and not Path(d.source).exists():
+    if d.source not in ("arithmetic", "tool_arithmetic") and not Path(d.source).exists():
         lines.append(f"data: hub dataset {d.source} (not checked: needs the network or the HF cache)")
     else:
         splits = load_splits(d, cfg.seed)

@@ -74,6 +74,19 @@ class ArithmeticConfig:
 
 
 @dataclass
+class ToolArithmeticConfig:
+    """The generated task of `data.source: tool_arithmetic` (configs/tiny_tool_arith.yaml): hard problems (three-digit
+    by three-digit products, sums of four four-digit numbers) that demonstrations solve with the python tool, mixed
+    with the embedded default's easy ones, worked in columns. Held-out problems are hard ones only."""
+
+    n_sft: int = 10000
+    n_rl: int = 20000
+    n_eval: int = 500
+    hard_share: float = 0.5  # share of hard problems in the SFT and RL pools
+    hard_kinds: List[str] = field(default_factory=lambda: ["product3", "sum4"])
+
+
+@dataclass
 class DataConfig:
     # "arithmetic" (generated locally), a local file/dir (jsonl, json, parquet, csv, save_to_disk dir) or a hub id.
     source: str = "arithmetic"
@@ -101,6 +114,7 @@ class DataConfig:
     max_prompt_tokens: int = 512
     limit: Optional[int] = None  # use only the first N training rows (quick experiments)
     arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
+    tool_arithmetic: ToolArithmeticConfig = field(default_factory=ToolArithmeticConfig)
 
 
 @dataclass
@@ -297,6 +311,31 @@ class KTOConfig:
 
 
 @dataclass
+class ToolsConfig:
+    """Tool-integrated rollouts (README: Tool-integrated rollouts): the model calls tools mid-answer; GRPO, SFT
+    demonstrations and evaluation run multi-turn episodes. rollout.max_tokens is the episode's token budget
+    (model and tool tokens together)."""
+
+    enabled: bool = False
+    # code_block: a fenced ```python block, then the model opens ```output and the tool's output follows
+    # (Qwen2.5-Math's tool-integrated format). tool_call (chat-template JSON calls) is not implemented yet.
+    format: str = "code_block"
+    max_turns: int = 4  # tool calls answered per episode; a further call ends the episode unanswered
+    timeout_s: float = 5.0  # per call: sandbox wall clock (python), worker killed (user tools)
+    memory_mb: int = 512  # python: address-space limit of the sandboxed interpreter
+    max_output_bytes: int = 65536  # python: stdout/stderr beyond this stops the call (status output_limit)
+    max_output_chars: int = 512  # what the model reads of any tool's output; the rest is replaced by a note
+    workers: int = 2  # sandbox workers (and worker processes per user tool): a turn's calls run in parallel
+    # replay: a python call sees the episode's earlier definitions (earlier successful cells run again first, their
+    # output hidden) | none: every call starts afresh
+    session: str = "replay"
+    call_cost: float = 0.0  # subtracted from an episode's reward per tool call (0: calls are free)
+    # User tools: fence name -> "package.module:attr", a function of one string (the block's body) whose str()
+    # result is the output. ```name ... ``` followed by ```output calls it.
+    functions: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class GateConfig:
     """An eval gate between the stages of `grpo run`: after each stage, its held-out `metric` is compared with
     the stage before (the base model for the first). A fall of more than `max_drop` fails the gate."""
@@ -364,6 +403,7 @@ class RunConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     doctor: bool = False  # `grpo run` / train / sft / dpo: `grpo doctor`'s checks first; a FAIL stops before training
     doctor_options: DoctorConfig = field(default_factory=DoctorConfig)
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -455,6 +495,38 @@ def _validate_lora(cfg: RunConfig, source: str) -> None:
                "model.lora.push", "'adapter': vLLM's LoRA loads modules_to_save only for embed_tokens and lm_head; "
                "use 'merged' or 'auto'")
         _check(lo.rank <= 512, source, "model.lora.rank", "vLLM's LoRA takes ranks up to 512 ('adapter' push)")
+
+
+def _validate_tools(cfg: RunConfig, source: str) -> None:
+    import re
+
+    t = cfg.tools
+    ta = cfg.data.tool_arithmetic
+    _check(0 <= ta.hard_share <= 1, source, "data.tool_arithmetic.hard_share", f"must be in [0, 1], got {ta.hard_share}")
+    _check(len(ta.hard_kinds) > 0, source, "data.tool_arithmetic.hard_kinds", "must name at least one kind")
+    for i, kind in enumerate(ta.hard_kinds):
+        _one_of(kind, ("product3", "sum4"), source, f"data.tool_arithmetic.hard_kinds[{i}]")
+    for k in ("n_sft", "n_rl", "n_eval"):
+        _check(getattr(ta, k) >= 0, source, f"data.tool_arithmetic.{k}", "must be >= 0")
+    _one_of(t.format, ("code_block", "tool_call"), source, "tools.format")
+    _check(t.format != "tool_call", source, "tools.format",
+           "'tool_call' (chat-template JSON tool calls) is not implemented yet; use 'code_block'")
+    _check(t.max_turns >= 1, source, "tools.max_turns", f"must be >= 1, got {t.max_turns}")
+    _check(0.01 <= t.timeout_s <= 3600, source, "tools.timeout_s", f"must be in [0.01, 3600] seconds, got {t.timeout_s}")
+    _check(t.memory_mb >= 64, source, "tools.memory_mb", f"must be >= 64, got {t.memory_mb}")
+    _check(t.max_output_bytes >= 1, source, "tools.max_output_bytes", "must be >= 1")
+    _check(t.max_output_chars >= 1, source, "tools.max_output_chars", "must be >= 1")
+    _check(t.workers >= 1, source, "tools.workers", f"must be >= 1, got {t.workers}")
+    _one_of(t.session, ("replay", "none"), source, "tools.session")
+    _check(t.call_cost >= 0, source, "tools.call_cost", f"must be >= 0, got {t.call_cost}")
+    for name, spec in t.functions.items():
+        _check(re.fullmatch(r"[A-Za-z_][\w.-]*", name) is not None and name != "python", source,
+               f"tools.functions.{name}", "the name must be a fence language (letters, digits, _ . -) other than 'python'")
+        _check(":" in spec, source, f"tools.functions.{name}", f"expected 'package.module:attr', got {spec!r}")
+    if t.enabled:
+        for stage in ("dpo", "kto"):
+            _check(stage not in cfg.stages, source, "tools.enabled",
+                   f"stage {stage} does not train on tool episodes yet; run [sft, grpo] with tools")
 
 
 def validate(cfg: RunConfig, source: str = "config") -> None:
@@ -597,6 +669,7 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     _check(k.eval_every >= 0 and k.save_every >= 0, source, "kto.eval_every", "eval_every/save_every must be >= 0")
     _validate_optim(k.optim, source, "kto.optim")
 
+    _validate_tools(cfg, source)
     _check(cfg.eval.num_problems >= 0, source, "eval.num_problems", "must be >= 0")
     _check(cfg.eval.k >= 0, source, "eval.k", "must be >= 0")
     gate = cfg.eval.gate

@@ -180,6 +180,15 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
         if cfg.limit:
             rl = rl.select(range(min(cfg.limit, len(rl))))
         return Splits(sft=pools["sft"], rl=rl, eval=pools["eval"])
+    if cfg.source == "tool_arithmetic":
+        from grpo.data.tasks.tool_arithmetic import make_pools as make_tool_pools
+
+        t = cfg.tool_arithmetic
+        # eval first: it depends only on the seed and n_eval
+        pools = make_tool_pools({"eval": t.n_eval, "sft": t.n_sft, "rl": t.n_rl}, seed, hard_share=t.hard_share,
+                                hard_kinds=tuple(t.hard_kinds))
+        rl = pools["rl"].select(range(min(cfg.limit, len(pools["rl"])))) if cfg.limit else pools["rl"]
+        return Splits(sft=pools["sft"], rl=rl, eval=pools["eval"])
     ds = prepare_rows(load_rows(cfg.source, cfg.split, cfg.subset), cfg, cfg.source)
     if cfg.eval_source:
         evaluation = load_rows(cfg.eval_source, cfg.eval_split, cfg.subset if cfg.eval_source == cfg.source else None)

@@ -35,6 +35,11 @@ class Completion:
     token_ids: list[int]
     logprobs: list[float] | None  # sampler logprob of each generated token (temperature applied)
     truncated: bool  # stopped by max_tokens, not by EOS/stop
+    # Multi-turn tool episodes (grpo.runtime.tool_rollout): token_ids interleave model and tool segments;
+    # loss_mask[i] is True where the model sampled token i (logprobs hold 0.0 at tool tokens); tool_calls has one
+    # {"tool", "status", "wall_s"} per call. None for plain completions (every token is the model's).
+    loss_mask: list[bool] | None = None
+    tool_calls: list[dict] | None = None
 
 
 @dataclass
@@ -189,6 +194,37 @@ class VLLMRollout:
             groups.append(group)
         return groups
 
+    def generate_tokens(self, prompt_ids: Sequence[list[int]], spec: SamplingSpec, seeds: Sequence[int],
+                        stop: Sequence[str] = (), max_tokens: Sequence[int] | None = None) -> list[Completion]:
+        """One completion per token-id prompt (no re-tokenization: the engine continues exactly these ids), ending
+        at EOS, at `max_tokens[i]` (default spec.max_tokens) or just after one of the `stop` strings (the tokens
+        that completed it are kept). For multi-turn tool episodes (grpo.runtime.tool_rollout)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        greedy = spec.temperature == 0
+        params = [SamplingParams(n=1, temperature=spec.temperature, top_p=1.0 if greedy else spec.top_p,
+                                 top_k=-1 if greedy else spec.top_k, seed=seed, logprobs=0, flat_logprobs=True,
+                                 max_tokens=spec.max_tokens if max_tokens is None else max_tokens[i],
+                                 # stop strings are matched on detokenized text; without them nothing to decode
+                                 stop=list(stop), include_stop_str_in_output=True, detokenize=bool(stop))
+                  for i, seed in enumerate(seeds)]
+        torch.set_num_threads(self._gen_threads)
+        try:
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids], params,
+                                        use_tqdm=False, lora_request=self._lora_request)
+        finally:
+            torch.set_num_threads(self._train_threads)
+        done = []
+        for out in outputs:
+            c = out.outputs[0]
+            flat = getattr(c.logprobs, "logprobs", None)
+            lps = (list(flat) if flat is not None and list(c.logprobs.token_ids) == list(c.token_ids)
+                   else [step[tok].logprob for step, tok in zip(c.logprobs, c.token_ids)])
+            done.append(Completion(text=self.tokenizer.decode(list(c.token_ids), skip_special_tokens=True),
+                                   token_ids=list(c.token_ids), logprobs=lps, truncated=c.finish_reason == "length"))
+        return done
+
     def push_weights(self, named_weights: Iterable[tuple[str, torch.Tensor]]) -> float:
         """Load the trainer's weights into the engine; returns seconds taken."""
         t0 = time.perf_counter()
@@ -287,6 +323,34 @@ class HFRollout:
                 group.completions.append(Completion(text=text, token_ids=ids, logprobs=lps, truncated=not finished))
             groups.append(group)
         return groups
+
+    @torch.no_grad()
+    def generate_tokens(self, prompt_ids: Sequence[list[int]], spec: SamplingSpec, seeds: Sequence[int],
+                        stop: Sequence[str] = (), max_tokens: Sequence[int] | None = None) -> list[Completion]:
+        """As VLLMRollout.generate_tokens, one request at a time (transformers' `stop_strings`)."""
+        tok, eos, done = self.tokenizer, self.tokenizer.eos_token_id, []
+        for i, (ids, seed) in enumerate(zip(prompt_ids, seeds)):
+            inputs = torch.tensor([list(ids)], device=self.device)
+            torch.manual_seed(seed)
+            greedy = spec.temperature == 0
+            gen_kwargs = dict(max_new_tokens=spec.max_tokens if max_tokens is None else max_tokens[i],
+                              do_sample=not greedy, output_scores=True, return_dict_in_generate=True,
+                              pad_token_id=tok.pad_token_id, eos_token_id=eos, attention_mask=torch.ones_like(inputs))
+            if stop:
+                gen_kwargs.update(stop_strings=list(stop), tokenizer=tok)
+            if not greedy:
+                gen_kwargs.update(temperature=spec.temperature, top_p=spec.top_p,
+                                  top_k=spec.top_k if spec.top_k > 0 else 0)
+            out = self.model.generate(inputs, **gen_kwargs)
+            new = out.sequences[0, len(ids):].tolist()
+            logps = [torch.log_softmax(s[0].float(), dim=-1) for s in out.scores]  # processed logits, per step
+            ended = eos in new
+            new = new[: new.index(eos) + 1] if ended else new
+            text = tok.decode(new, skip_special_tokens=True)
+            stopped = ended or any(s in text for s in stop)
+            done.append(Completion(text=text, token_ids=new, logprobs=[logps[j][t].item() for j, t in enumerate(new)],
+                                   truncated=not stopped))
+        return done
 
     def push_weights(self, named_weights: Iterable[tuple[str, torch.Tensor]]) -> float:
         t0 = time.perf_counter()

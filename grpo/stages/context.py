@@ -22,6 +22,7 @@ class StageContext:
     tokenizer: Any
     splits: Splits
     _rollout: Any = None
+    _sampler: Any = None
     _verifier: Any = None
     _loggers: dict = field(default_factory=dict)
     _examples: dict = field(default_factory=dict)
@@ -69,6 +70,18 @@ class StageContext:
         return self._rollout
 
     @property
+    def sampler(self):
+        """What GRPO and evaluation sample episodes with: the rollout engine itself, or with `tools.enabled` the
+        multi-turn tool rollout driving it (same `generate`; weights are still pushed into `rollout`)."""
+        if not self.cfg.tools.enabled:
+            return self.rollout
+        if self._sampler is None:
+            from grpo.runtime.tool_rollout import ToolRollout
+
+            self._sampler = ToolRollout(self.rollout, self.tokenizer, self.cfg.tools)
+        return self._sampler
+
+    @property
     def verifier(self):
         if self._verifier is None:
             import verifiers
@@ -91,3 +104,5 @@ class StageContext:
             logger.close()
         if self._verifier is not None:
             self._verifier.close()
+        if self._sampler is not None:
+            self._sampler.close()

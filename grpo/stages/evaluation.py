@@ -33,6 +33,11 @@ def evaluate(rollout, verifier, examples: Sequence[Example], *, max_tokens: int,
         counts["greedy_correct"] += sum(s.reward >= CORRECT for s in scores)
         counts["greedy_reward"] += sum(s.reward for s in scores)
         counts["greedy_tokens"] += sum(len(g.completions[0].token_ids) for g in greedy)
+        calls = [g.completions[0].tool_calls for g in greedy if g.completions[0].tool_calls is not None]
+        if calls:  # multi-turn tool episodes
+            counts["tool_episodes"] += len(calls)
+            counts["tool_calls"] += sum(len(c) for c in calls)
+            counts["tool_used"] += sum(bool(c) for c in calls)
         if k > 1:
             sampled = rollout.generate(prompts, SamplingSpec(n=k, temperature=temperature, max_tokens=max_tokens),
                                        [request_seed(seed, 7919, i) for i in idx])
@@ -55,6 +60,9 @@ def evaluate(rollout, verifier, examples: Sequence[Example], *, max_tokens: int,
     n = max(total["n"], 1)
     out = {"n": total["n"], "pass@1": total["greedy_correct"] / n, "greedy_reward": total["greedy_reward"] / n,
            "greedy_length": total["greedy_tokens"] / n, "eval_seconds": time.perf_counter() - t0}
+    if total["tool_episodes"]:
+        out.update({"tool_calls_per_episode": total["tool_calls"] / total["tool_episodes"],
+                    "tool_use_share": total["tool_used"] / total["tool_episodes"]})
     if k > 1:
         out.update({f"pass@{k}": total["pass_k"] / n, f"maj@{k}": total["maj_k"] / n,
                     f"mean@{k}": total["mean_k"] / n})
@@ -64,6 +72,7 @@ def evaluate(rollout, verifier, examples: Sequence[Example], *, max_tokens: int,
 def run_eval(ctx: StageContext) -> dict:
     cfg = ctx.cfg
     examples = ctx.examples("eval")[: cfg.eval.num_problems]
-    return evaluate(ctx.rollout, ctx.verifier, examples, max_tokens=cfg.eval.max_tokens or cfg.rollout.max_tokens,
+    # ctx.sampler: with tools enabled, the same multi-turn episodes as training
+    return evaluate(ctx.sampler, ctx.verifier, examples, max_tokens=cfg.eval.max_tokens or cfg.rollout.max_tokens,
                     k=cfg.eval.k, temperature=cfg.eval.temperature, seed=cfg.seed, rank=ctx.dist.rank,
                     world_size=ctx.dist.world_size)

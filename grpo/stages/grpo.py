@@ -30,6 +30,7 @@ from grpo.runtime.attention import attention_cost_ratio, uses_varlen_attention
 from grpo.runtime.lora import resolve_push, saves_merged
 from grpo.runtime.models import load_model
 from grpo.runtime.rollout import Group, SamplingSpec, WeightSyncError
+from grpo.runtime.tool_rollout import tool_metrics
 from grpo.stages.context import StageContext
 from grpo.stages.reference import live_reference
 from grpo.stages.evaluation import run_eval
@@ -46,6 +47,9 @@ class Sample:
     reward: float
     advantage: float = 0.0
     in_loss: bool = True  # False for filler groups (dynamic sampling could not fill the batch)
+    # Tool episodes: True on the completion tokens the model sampled; tool answers (in context) are out of the loss,
+    # the KL and the entropy. None: every completion token is the model's.
+    loss_mask: list[bool] | None = None
 
 
 def _pad(rows: list[list], value) -> torch.Tensor:
@@ -67,7 +71,7 @@ def micro_batch_tensors(samples: list[Sample], pad_id: int,
     for i, s in enumerate(samples):
         start, end = len(s.prompt_ids) - 1, len(s.prompt_ids) - 1 + len(s.completion_ids)
         if s.in_loss:
-            mask[i, start:end] = True
+            mask[i, start:end] = True if s.loss_mask is None else torch.tensor(s.loss_mask, dtype=torch.bool)
         if s.sampler_logprobs is not None:
             sampler[i, start:end] = torch.tensor(s.sampler_logprobs)
     out = {"mask": mask, "sampler_logprobs": sampler, "advantages": torch.tensor([s.advantage for s in samples]),
@@ -212,14 +216,20 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
         dropped: list[tuple[Group, list[float]]] = []
         per_verifier: dict[str, list[float]] = {}
         rounds, t_gen, t_ver, all_rewards, flat_groups = 0, 0.0, 0.0, [], 0
+        sampled = []  # every completion of the step (tool metrics)
+        tool_s0 = getattr(ctx.sampler, "tool_seconds", 0.0)
         while len(kept) < P and rounds < (g.max_sampling_rounds if g.dynamic_sampling else 1):
             picks = stream.take(P - len(kept))
             batch_ex = [examples[i] for _, i in picks]
             t0 = time.perf_counter()
-            groups = rollout.generate([e.prompt for e in batch_ex], spec,
+            groups = ctx.sampler.generate([e.prompt for e in batch_ex], spec,
                                       [request_seed(cfg.seed, pos) for pos, _ in picks])
             t1 = time.perf_counter()
             rewards = _score_groups(ctx, groups, [e.row for e in batch_ex], per_verifier)
+            if cfg.tools.call_cost:  # tools.call_cost per call, before the groups are judged flat or not
+                rewards = [[r - cfg.tools.call_cost * len(c.tool_calls or []) for r, c in zip(rw, grp.completions)]
+                           for rw, grp in zip(rewards, groups)]
+            sampled.extend(c for grp in groups for c in grp.completions)
             t_gen, t_ver = t_gen + t1 - t0, t_ver + time.perf_counter() - t1
             for grp, rw in zip(groups, rewards):
                 all_rewards.extend(rw)
@@ -240,7 +250,8 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
         samples: list[Sample] = []
         for k, (grp, rw) in enumerate(batch_groups):
             for c, r in zip(grp.completions, rw):
-                samples.append(Sample(grp.prompt_ids, c.token_ids, c.logprobs, c.truncated, r, in_loss=k < n_real))
+                samples.append(Sample(grp.prompt_ids, c.token_ids, c.logprobs, c.truncated, r, in_loss=k < n_real,
+                                      loss_mask=c.loss_mask))
         rewards_t = torch.tensor([s.reward for s in samples])
         if g.overlong_buffer > 0:
             lengths = torch.tensor([len(s.completion_ids) for s in samples])
@@ -327,6 +338,9 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
             **{f"policy/{k}": v for k, v in stats_acc.items()}, **step_stats, **timings,
         }
         local.update(ctx.verifier.metrics())  # cumulative verifier errors/timeouts
+        if cfg.tools.enabled:
+            local.update(tool_metrics(sampled))
+            local["timing/tools"] = getattr(ctx.sampler, "tool_seconds", 0.0) - tool_s0  # part of timing/generation
         record = all_reduce_mean(local)
         record["timing/weight_push"] = push_s
         if g.check_weight_sync:

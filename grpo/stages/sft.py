@@ -28,7 +28,8 @@ import torch
 
 from grpo.algorithms.logprobs import gather_logprobs
 from grpo.algorithms.packing import block_causal_mask, pack
-from grpo.data.preferences import encode_prompt_answers
+from grpo.data.preferences import encode, encode_prompt_answers, render_answer, render_prompt
+from grpo.data.tool_format import split_segments
 from grpo.data.prompt_stream import PromptStream
 from grpo.data.rows import DataError, train_eval_split, validate_rows
 from grpo.metrics import progress, short
@@ -51,6 +52,9 @@ DEFAULT_EVAL_CAP = 500
 class Demo:
     prompt_ids: list[int]
     answer_ids: list[int]  # what the loss is on (end-of-turn token included)
+    # Tool demonstrations: True on the answer tokens the model writes; tool outputs are context, not targets.
+    # None: every answer token is a target.
+    answer_mask: list[bool] | None = None
 
     def __len__(self) -> int:
         return len(self.prompt_ids) + len(self.answer_ids)
@@ -64,14 +68,31 @@ def tokenize_demos(ds, ctx_cfg, tokenizer, max_seq_len: int, source: str = "sft 
     demos, cut = [], 0
     for i, (question, solution) in enumerate(zip(ds[d.prompt_field], ds[d.solution_field])):
         prompt_ids, (answer_ids,) = encode_prompt_answers(str(question), [str(solution)], d, tokenizer)
+        answer_mask = None
+        if ctx_cfg.tools.enabled:
+            answer_ids, answer_mask = encode_tool_answer(str(question), str(solution), d, tokenizer)
         room = max_seq_len - len(prompt_ids)
         if room < 1:
             raise DataError(f"{source}: row {i}: the prompt is {len(prompt_ids)} tokens, leaving no room for the "
                             f"answer within sft.max_seq_len={max_seq_len}")
         if len(answer_ids) > room:
             answer_ids, cut = answer_ids[:room], cut + 1
-        demos.append(Demo(prompt_ids, answer_ids))
+            answer_mask = None if answer_mask is None else answer_mask[:room]
+        demos.append(Demo(prompt_ids, answer_ids, answer_mask))
     return demos, cut
+
+
+def encode_tool_answer(question: str, solution: str, data_cfg, tokenizer) -> tuple[list[int], list[bool]]:
+    """A demonstration with tool turns as a rollout would hold it: the rendered answer (end-of-turn included) cut
+    into model and tool segments (grpo.data.tool_format), each tokenized on its own, as a tool episode's segments
+    are; (ids, mask) with the mask False on tool tokens."""
+    prompt_text = render_prompt(question, data_cfg, tokenizer)
+    ids, mask = [], []
+    for text, by_model in split_segments(render_answer(question, prompt_text, solution, data_cfg, tokenizer)):
+        seg = encode(tokenizer, text)
+        ids += seg
+        mask += [by_model] * len(seg)
+    return ids, mask
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,7 +114,7 @@ def build_row(demos: Sequence[Demo]) -> PackedRow:
         row.input_ids += ids
         row.position_ids += list(range(len(ids)))
         row.segment_ids += [s] * len(ids)
-        row.loss_mask += [False] * len(d.prompt_ids) + [True] * len(d.answer_ids)
+        row.loss_mask += [False] * len(d.prompt_ids) + (d.answer_mask or [True] * len(d.answer_ids))
     return row
 
 

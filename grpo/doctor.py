@@ -685,7 +685,11 @@ def doctor_command(cfg: RunConfig, source: str, model_path: str | None = None) -
     """`grpo doctor`: exit status 1 when a check FAILs, 0 otherwise."""
     from grpo.stages.pipeline import setup
 
+    import dataclasses
+
     t0 = time.perf_counter()
+    # One process: its own engine also for a config with rollout.mode: async
+    cfg = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, mode="colocated"))
     ctx = setup(cfg, model_path)
     try:
         report = run_doctor(ctx, source, ctx.base_model_path, _before_sft(cfg, model_path))

@@ -19,10 +19,13 @@ class DistInfo:
     rank: int
     world_size: int
     local_rank: int
+    # rollout.mode: async splits a launch into training and inference processes (grpo.runtime.inference); rank and
+    # world_size count the processes of this role only
+    role: str = "train"
 
     @property
     def is_main(self) -> bool:
-        return self.rank == 0
+        return self.rank == 0 and self.role == "train"
 
 
 # What torch.distributed's rendezvous reads from the environment (and what init_distributed sets for a

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from grpo.config import EngineConfig, OptimConfig
+from grpo.config import EngineConfig, OptimConfig, RolloutConfig
 from grpo.runtime.distributed import DistInfo, all_gather_objects, free_port, barrier, is_main_process
 from grpo.runtime.faults import CheckpointError, start_heartbeat
 
@@ -52,12 +52,23 @@ def _forget_deepspeed_groups() -> None:
             getattr(groups, name).clear()
 
 
-def init_distributed(cfg: EngineConfig) -> DistInfo:
+def init_distributed(cfg: EngineConfig, rollout: RolloutConfig | None = None) -> DistInfo:
     """Initialise torch.distributed once, also for a single process (vLLM's external_launcher
     executor and DeepSpeed both expect a process group). Launchers (torchrun, deepspeed) set the
-    env; a plain `grpo train` gets a world of one on a free loopback port."""
+    env; a plain `grpo train` gets a world of one on a free loopback port. With `rollout.mode: async` the launch
+    is split into training and inference processes, each role with a process group of its own
+    (grpo.runtime.inference.split_world)."""
     import deepspeed
 
+    role = os.environ.get("GRPO_ROLE", "train")
+    if not torch.distributed.is_initialized() and rollout is not None and rollout.mode == "async":
+        from grpo.runtime.inference import split_world
+
+        backend = cfg.dist_backend if cfg.dist_backend != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")
+        _forget_deepspeed_groups()
+        role = split_world(rollout, backend, cfg.collective_timeout_s).role
+        deepspeed.init_distributed(dist_backend=backend, verbose=False,
+                                   timeout=timedelta(seconds=cfg.collective_timeout_s))
     if not torch.distributed.is_initialized():
         if "RANK" not in os.environ:
             os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
@@ -79,8 +90,8 @@ def init_distributed(cfg: EngineConfig) -> DistInfo:
     local_rank = int(os.environ["LOCAL_RANK"])
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
-    start_heartbeat(rank, world)
-    return DistInfo(rank, world, local_rank)
+    start_heartbeat(rank, world)  # async: already started under the launch's numbering (a no-op here)
+    return DistInfo(rank, world, local_rank, role)
 
 
 def lr_lambda(optim: OptimConfig, total_steps: int):

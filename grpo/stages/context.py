@@ -49,6 +49,10 @@ class StageContext:
 
     @property
     def rollout(self):
+        if self._rollout is None and self.cfg.rollout.mode == "async" and self.dist.role == "train":
+            from grpo.runtime.inference import RemoteRollout, link
+
+            self._rollout = RemoteRollout(link())  # the engines are in the inference processes
         if self._rollout is None:
             from grpo.runtime.rollout import create_rollout
 
@@ -100,6 +104,8 @@ class StageContext:
         return self._verifier
 
     def close(self) -> None:
+        if self.cfg.rollout.mode == "async" and self.dist.role == "train":
+            self.rollout.close()  # tells the inference processes to stop (also when no stage used them)
         for logger in self._loggers.values():
             logger.close()
         if self._verifier is not None:

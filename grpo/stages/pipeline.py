@@ -42,7 +42,7 @@ def _stage_fingerprint(cfg: RunConfig, stage: str, init_model: str) -> dict:
 
 
 def setup(cfg: RunConfig, model_path: str | None = None) -> StageContext:
-    dist = init_distributed(cfg.engine)
+    dist = init_distributed(cfg.engine, cfg.rollout)
     seed_everything(cfg.seed)
     run_dir = cfg.run_dir
     if dist.is_main:
@@ -50,6 +50,10 @@ def setup(cfg: RunConfig, model_path: str | None = None) -> StageContext:
         if model_path is None:
             resolve_model_path(cfg.model)  # builds the embedded model once, on rank 0
     barrier()
+    if cfg.rollout.mode == "async":  # the inference processes build their engines on that model too
+        from grpo.runtime.inference import global_barrier
+
+        global_barrier("setup", cfg.rollout.async_timeout_s)
     model_path = model_path or resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(model_path, cfg.model)
     splits = load_splits(cfg.data, cfg.seed)
@@ -71,6 +75,11 @@ def run(cfg: RunConfig, stages: list[str] | None = None, preflight=None) -> dict
     run (`grpo run` with `doctor: true` passes grpo.doctor's gate)."""
     stages = list(stages or cfg.stages)
     ctx = setup(cfg)
+    if ctx.dist.role == "inference":  # rollout.mode: async: this process serves the training processes' rollouts
+        from grpo.stages.serving import serve_rollouts
+
+        serve_rollouts(ctx)
+        return {}
     summary_path = ctx.run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() and cfg.resume == "auto" else {}
     summary.setdefault("stages", {})
@@ -166,7 +175,11 @@ def _apply_gate(cfg: RunConfig, summary: dict, stage: str, before_model: str, cu
 
 
 def evaluate_only(cfg: RunConfig, model_path: str | None = None) -> dict:
-    """Evaluate `model_path` (default: the config's model); the engine is built on it directly."""
+    """Evaluate `model_path` (default: the config's model); the engine is built on it directly, in this process
+    (also for a config with rollout.mode: async)."""
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, mode="colocated"))
     ctx = setup(cfg, model_path)
     try:
         result = _eval_model(ctx, None)

@@ -1,0 +1,111 @@
+"""Weights from training rank 0 to the inference ranks (rollout.mode: async) in fixed-size buckets.
+
+The sender lays the named tensors out in buckets of at most `bucket_bytes` (consecutive tensors of one dtype;
+a tensor larger than a bucket travels alone), copies each bucket into one flat tensor (a snapshot: training may
+go on while it travels) and broadcasts it over the bridge process group; the receivers cut the flat tensors back
+into the named tensors from the same plan. Only the plan (names, shapes, dtypes) travels as a message; the
+bytes go through torch.distributed (NCCL between GPUs, gloo here).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # e.g. "float32" (a name, so the plan pickles without torch objects)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * torch.empty((), dtype=getattr(torch, self.dtype)).element_size()
+
+
+def plan_buckets(metas: list[TensorMeta], bucket_bytes: int) -> list[list[int]]:
+    """Indices of `metas` per bucket, in order: a bucket closes when the next tensor has another dtype or would
+    take it past `bucket_bytes`."""
+    buckets: list[list[int]] = []
+    size, dtype = 0, None
+    for i, m in enumerate(metas):
+        if buckets and m.dtype == dtype and size + m.nbytes <= bucket_bytes:
+            buckets[-1].append(i)
+            size += m.nbytes
+        else:
+            buckets.append([i])
+            size, dtype = m.nbytes, m.dtype
+    return buckets
+
+
+def describe(named: list[tuple[str, torch.Tensor]]) -> list[TensorMeta]:
+    return [TensorMeta(n, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for n, t in named]
+
+
+def pack(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """One flat tensor [sum numel] holding copies of `tensors` (all of one dtype), on `device`."""
+    return torch.cat([t.detach().reshape(-1).to(device) for t in tensors])
+
+
+def unpack(flat: torch.Tensor, metas: list[TensorMeta]) -> list[tuple[str, torch.Tensor]]:
+    out, offset = [], 0
+    for m in metas:
+        out.append((m.name, flat[offset:offset + m.numel].view(m.shape)))
+        offset += m.numel
+    return out
+
+
+def _broadcast(group, tensor: torch.Tensor, timeout_s: float) -> None:
+    opts = torch.distributed.BroadcastOptions()
+    opts.rootRank = 0
+    opts.timeout = timedelta(seconds=timeout_s)
+    group.broadcast([tensor], opts).wait()
+
+
+@dataclass
+class Snapshot:
+    """What the sender broadcasts: the plan and one flat tensor per bucket."""
+
+    metas: list[TensorMeta]
+    buckets: list[list[int]]
+    flats: list[torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f.numel() * f.element_size() for f in self.flats)
+
+
+def snapshot(named: list[tuple[str, torch.Tensor]], bucket_bytes: int, device: torch.device) -> Snapshot:
+    metas = describe(named)
+    buckets = plan_buckets(metas, bucket_bytes)
+    return Snapshot(metas, buckets, [pack([named[i][1] for i in b], device) for b in buckets])
+
+
+def send(group, snap: Snapshot, timeout_s: float) -> float:
+    """Broadcast every bucket from this rank (the group's rank 0); returns seconds."""
+    t0 = time.perf_counter()
+    for flat in snap.flats:
+        _broadcast(group, flat, timeout_s)
+    return time.perf_counter() - t0
+
+
+def receive(group, metas: list[TensorMeta], bucket_bytes: int, device: torch.device,
+            timeout_s: float) -> list[tuple[str, torch.Tensor]]:
+    """The named tensors that rank 0 of `group` sends with `send` for the same `metas` and `bucket_bytes`."""
+    named: list[tuple[str, torch.Tensor]] = []
+    for b in plan_buckets(metas, bucket_bytes):
+        part = [metas[i] for i in b]
+        flat = torch.empty(sum(m.numel for m in part), dtype=getattr(torch, part[0].dtype), device=device)
+        _broadcast(group, flat, timeout_s)
+        named.extend(unpack(flat, part))
+    return named

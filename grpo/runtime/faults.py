@@ -89,7 +89,7 @@ def _handler(signum: int, frame) -> None:
     now = time.monotonic()
     if _state.signum is None:
         _state.signum, _state.at = signum, now
-        if os.environ.get("RANK", "0") == "0":
+        if os.environ.get("RANK", "0") == "0" and os.environ.get("GRPO_ROLE", "train") == "train":
             _say(f"[grpo] {name} received: finishing the current step, then saving a checkpoint "
                  f"(send it again to stop at once, without saving)")
         return
@@ -121,6 +121,11 @@ def local_stop_signal() -> int | None:
     return _state.signum
 
 
+# Set by grpo.runtime.inference on training rank 0 of an async launch: the stop signal an inference process
+# received (it keeps serving until the training processes have saved), or 0.
+remote_stop_signal: Callable[[], int] | None = None
+
+
 def stop_requested() -> tuple[str, list[int]] | None:
     """Whether any rank received a stop signal: (signal name, ranks that got one), or None.
 
@@ -129,6 +134,9 @@ def stop_requested() -> tuple[str, list[int]] | None:
     import torch
 
     mine = _state.signum or 0
+    if not mine and remote_stop_signal is not None and (not torch.distributed.is_initialized()
+                                                        or torch.distributed.get_rank() == 0):
+        mine = remote_stop_signal()  # rollout.mode: async: a signal an inference process received
     if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
         return (signal.Signals(mine).name, [0]) if mine else None
     from grpo.runtime.distributed import device

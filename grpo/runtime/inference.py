@@ -32,7 +32,8 @@ import torch
 
 from grpo.config import ConfigError, RolloutConfig
 from grpo.runtime import weight_transfer
-from grpo.runtime.faults import HEARTBEAT_INTERVAL_S, PeerLost, start_heartbeat
+from grpo.runtime import faults
+from grpo.runtime.faults import HEARTBEAT_INTERVAL_S, PeerLost, install_stop_signals, local_stop_signal, start_heartbeat
 
 ROLE_ENV = "GRPO_ROLE"  # "train" | "inference", set for the whole process by split_world
 SILENT_AFTER_S = 4 * HEARTBEAT_INTERVAL_S  # a peer whose heartbeat did not move for this long is dead or hung
@@ -125,6 +126,19 @@ class Link:
         if now - changed_at > SILENT_AFTER_S:
             raise PeerLost(self.lost(peer, what, f"its heartbeat stopped {now - changed_at:.0f} s ago (died or hangs)"))
 
+    def blame(self, peers: list[int], what: str, exc: BaseException) -> None:
+        """Raise PeerLost for a failed transfer: naming the peer whose heartbeat stops (waits up to
+        SILENT_AFTER_S + 2 s to tell), else quoting the error."""
+        deadline = time.monotonic() + SILENT_AFTER_S + 2
+        while time.monotonic() < deadline:
+            for p in peers:
+                self.check_alive(p, what)
+            time.sleep(0.2)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first.split("] ", 1)[-1].split(". This is typically")[0]  # gloo's "[pair.cc:553] ..." prefix
+        raise PeerLost(f"{what} failed ({first}), while every peer still answers its heartbeat. Relaunch the same "
+                       "command to resume from the last complete checkpoint.")
+
     def lost(self, peer: int, what: str, why: str) -> str:
         r = self.roles
         me = (f"training rank {r.rank}" if r.role == "train" else f"inference rank {r.rank}") + f" (global {r.global_rank})"
@@ -178,7 +192,14 @@ def split_world(cfg: RolloutConfig, backend: str, timeout_s: float) -> Roles:
         else:
             bridge = torch.distributed.ProcessGroupGloo(bridge_store, bridge_rank, 1 + servers, timeout)
     _link = Link(roles, cfg, store, bridge)
+    if roles.role == "train" and roles.rank == 0:
+        faults.remote_stop_signal = _remote_stop_signal
     return roles
+
+
+def _remote_stop_signal() -> int:
+    key = f"{_link.ns}/stop_signal"
+    return int(_link.store.get(key)) if _link.store.check([key]) else 0
 
 
 def global_barrier(name: str, timeout_s: float) -> None:
@@ -297,8 +318,8 @@ class RemoteRollout:
             self._sender = None
         if self._send_error is not None:
             exc, self._send_error = self._send_error, None
-            raise PeerLost(f"training rank 0: the weight transfer to the inference ranks failed: "
-                           f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
+            r = self.lk.roles
+            self.lk.blame([r.server_global_rank(s) for s in range(r.servers)], "the weight transfer", exc)
 
     def sleep(self) -> None:  # the engines are in other processes
         pass
@@ -346,11 +367,19 @@ def serve(lk: Link, rollout, score) -> None:
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     # seconds the engine sat with nothing it could run (waiting for weights or jobs), in all; every result carries
     # the running total, each training rank takes differences
+    # SIGTERM/SIGINT (a preemption reaches every process of the launch): keep serving; the training processes finish
+    # their step, save (waiting for the batches generated ahead) and then send stop. A signal only this process got
+    # is passed on to them through the store.
+    install_stop_signals()
+    signal_passed_on = False
     version, idle_since, idle_total = 0, time.perf_counter(), 0.0
     transfer = {"seconds": 0.0, "bytes": 0}
     waiting_on = 0  # the training rank whose channel holds us up (for the message if it dies)
     start = time.monotonic()
     while True:
+        if not signal_passed_on and local_stop_signal():
+            lk.store.set(f"{lk.ns}/stop_signal", str(local_stop_signal()))
+            signal_passed_on = True
         progressed = False
         for ch in channels:
             while (head := ch.peek()) is not None:

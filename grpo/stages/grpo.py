@@ -377,10 +377,11 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
             # over every sampled group, before dynamic sampling dropped any
             "frac_reward_zero_std": flat_groups / max(len(all_rewards) // G, 1),
             "completions/mean_length": sum(lengths) / len(lengths), "completions/max_length": max(lengths),
+            "completions/p90_length": sorted(lengths)[int(0.9 * (len(lengths) - 1))],  # the tail that sets gen time
             "completions/clipped_ratio": sum(s.truncated for s in samples) / len(samples),
             "sampling/rounds": rounds, "sampling/dropped_groups": len(dropped), "sampling/filler_groups": len(filler),
             "sampler_logprob_diff": mismatch[0] / max(mismatch[1], 1),
-            "tokens_per_second": gen_tokens / max(t_gen, 1e-9),
+            "tokens_per_second": gen_tokens / max(t_gen, 1e-9), "completions/tokens": gen_tokens,
             **{f"rewards/{k}/mean": sum(v) / len(v) for k, v in per_verifier.items()},
             **{f"policy/{k}": v for k, v in stats_acc.items()}, **step_stats, **timings,
         }

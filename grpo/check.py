@@ -52,6 +52,11 @@ def validate_run(cfg: RunConfig, source: str, hardware: bool = False, lines: lis
         lines.append(f"lora: rank {lo.rank}, alpha {lo.alpha:g} on {targets}"
                      + (f", modules_to_save {', '.join(lo.modules_to_save)}" if lo.modules_to_save else "")
                      + f"; GRPO pushes the {resolve_push(lo, cfg.rollout.backend)} weights; next stage: {lo.next_stage}")
+    r = cfg.rollout
+    if r.mode == "async":
+        lines.append(f"rollout: async, the last {r.inference_ranks} process(es) of the launch generate and score "
+                     f"(tensor parallel {r.tensor_parallel_size}), the others train; max_staleness {r.max_staleness}; "
+                     f"launch with --nproc {r.inference_ranks + 1} or more")
     if cfg.stages:
         check_training_precision(cfg, source)
     needs = gpu_features(cfg)

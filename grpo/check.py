@@ -23,6 +23,29 @@ def _model_note(cfg: RunConfig) -> str:
     return f"hub model {name} (not checked: loaded from the hub or the local HF cache at run time)"
 
 
+def _check_tool_template(cfg: RunConfig) -> str:
+    """tools.format tool_call: the tokenizer's chat template must render the tools and tool messages. Checked on
+    the embedded model's tokenizer (built, no weights) and local model directories; a hub model's only when its
+    tokenizer is in the local HF cache (nothing is downloaded)."""
+    from grpo.runtime.tools import make_format
+
+    name = cfg.model.name_or_path
+    if name == "tiny" or name.startswith("tiny:"):
+        from grpo.runtime.tiny_model import build_tokenizer
+
+        tokenizer = build_tokenizer()
+    else:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True,
+                                                      trust_remote_code=cfg.model.trust_remote_code)
+        except Exception:  # a hub id that is not cached here, a directory without a tokenizer
+            return f"tools: the chat template of {name} not checked (its tokenizer is not available offline)"
+    fmt = make_format(cfg.tools, tokenizer, cfg.data.system_prompt)
+    return f"tools: the chat template renders the tool definitions ({', '.join(fmt.schemas)}) and tool messages"
+
+
 def check_config(cfg: RunConfig, source: str, hardware: bool = False) -> int:
     """Prints what was checked; returns a process exit code (0 ok, 2 problem)."""
     from grpo.data.rows import DataError
@@ -82,12 +105,14 @@ def validate_run(cfg: RunConfig, source: str, hardware: bool = False, lines: lis
         lines.append(f"tools: {t.format} format; python (sandboxed{', session replay' if t.session == 'replay' else ''})"
                      + "".join(f", {n} ({spec})" for n, spec in t.functions.items())
                      + f"; up to {t.max_turns} calls and rollout.max_tokens={cfg.rollout.max_tokens} tokens per episode")
+        if t.format == "tool_call":
+            lines.append(_check_tool_template(cfg))
 
     d = cfg.data
     if d.source not in ("arithmetic", "tool_arithmetic") and not Path(d.source).exists():
         lines.append(f"data: hub dataset {d.source} (not checked: needs the network or the HF cache)")
     else:
-        splits = load_splits(d, cfg.seed)
+        splits = load_splits(d, cfg.seed, cfg.tools.format)
         fields = [d.prompt_field, d.answer_field, *d.required_fields]
         validate_rows(splits.rl, fields, d.source)
         validate_rows(splits.eval, fields, d.eval_source or d.source)

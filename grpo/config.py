@@ -331,7 +331,8 @@ class ToolsConfig:
 
     enabled: bool = False
     # code_block: a fenced ```python block, then the model opens ```output and the tool's output follows
-    # (Qwen2.5-Math's tool-integrated format). tool_call (chat-template JSON calls) is not implemented yet.
+    # (Qwen2.5-Math's tool-integrated format) | tool_call: the tokenizer's chat template with the tool definitions;
+    # JSON calls in <tool_call> tags, answers rendered as `tool` messages (Hermes / Qwen2.5; chat models with tools)
     format: str = "code_block"
     max_turns: int = 4  # tool calls answered per episode; a further call ends the episode unanswered
     timeout_s: float = 5.0  # per call: sandbox wall clock (python), worker killed (user tools)
@@ -343,8 +344,9 @@ class ToolsConfig:
     # output hidden) | none: every call starts afresh
     session: str = "replay"
     call_cost: float = 0.0  # subtracted from an episode's reward per tool call (0: calls are free)
-    # User tools: fence name -> "package.module:attr", a function of one string (the block's body) whose str()
-    # result is the output. ```name ... ``` followed by ```output calls it.
+    # User tools: name -> "package.module:attr"; str() of the result is the output. code_block: ```name ... ```
+    # followed by ```output calls it with the block's body (one string); tool_call: its signature and docstring
+    # are the tool's definition, and a call's JSON arguments are passed as keywords.
     functions: Dict[str, str] = field(default_factory=dict)
 
 
@@ -522,8 +524,8 @@ def _validate_tools(cfg: RunConfig, source: str) -> None:
     for k in ("n_sft", "n_rl", "n_eval"):
         _check(getattr(ta, k) >= 0, source, f"data.tool_arithmetic.{k}", "must be >= 0")
     _one_of(t.format, ("code_block", "tool_call"), source, "tools.format")
-    _check(t.format != "tool_call", source, "tools.format",
-           "'tool_call' (chat-template JSON tool calls) is not implemented yet; use 'code_block'")
+    _check(not (t.enabled and t.format == "tool_call") or cfg.data.apply_chat_template, source, "tools.format",
+           "tool_call renders prompts with the chat template; set data.apply_chat_template: true")
     _check(t.max_turns >= 1, source, "tools.max_turns", f"must be >= 1, got {t.max_turns}")
     _check(0.01 <= t.timeout_s <= 3600, source, "tools.timeout_s", f"must be in [0.01, 3600] seconds, got {t.timeout_s}")
     _check(t.memory_mb >= 64, source, "tools.memory_mb", f"must be >= 64, got {t.memory_mb}")

@@ -601,8 +601,10 @@ def run_doctor(ctx, source: str, model_path: str, before_sft: bool = False) -> R
     results: list[CheckResult] = []
 
     # ---- data ------------------------------------------------------------------------------------
-    rl = to_examples(ctx.splits.rl, d, ctx.tokenizer, source=d.source, check_length=False)
-    evaluation = to_examples(ctx.splits.eval, d, ctx.tokenizer, source=d.eval_source or d.source, check_length=False)
+    tools = ctx.tool_format.tools if cfg.tools.enabled else None  # tool_call: the definitions are in every prompt
+    rl = to_examples(ctx.splits.rl, d, ctx.tokenizer, source=d.source, check_length=False, tools=tools)
+    evaluation = to_examples(ctx.splits.eval, d, ctx.tokenizer, source=d.eval_source or d.source, check_length=False,
+                             tools=tools)
     counts = {"rl": prompt_token_counts([e.prompt for e in rl], ctx.tokenizer),
               "eval": prompt_token_counts([e.prompt for e in evaluation], ctx.tokenizer)}
     rows = {"RL": len(rl), "eval": len(evaluation)}

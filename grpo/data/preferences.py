@@ -256,20 +256,26 @@ def prompt_messages(prompt: str | Messages, cfg: DataConfig) -> Messages:
     return msgs
 
 
-def render_prompt(prompt: str | Messages, cfg: DataConfig, tokenizer) -> str:
-    """The model-facing prompt text, generation prompt included."""
+def _tools(tools: list[dict] | None) -> dict:
+    return {"tools": tools} if tools else {}  # no tools: rendered exactly as before tools existed
+
+
+def render_prompt(prompt: str | Messages, cfg: DataConfig, tokenizer, tools: list[dict] | None = None) -> str:
+    """The model-facing prompt text, generation prompt included (with the tool definitions `tools`, if any)."""
     if isinstance(prompt, str):
-        return format_prompt(prompt, cfg, tokenizer)
+        return format_prompt(prompt, cfg, tokenizer, tools)
     if getattr(tokenizer, "chat_template", None) is None:
         raise DataError("conversational preference rows need a tokenizer with a chat template")
-    return tokenizer.apply_chat_template(prompt_messages(prompt, cfg), tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(prompt_messages(prompt, cfg), tokenize=False, add_generation_prompt=True,
+                                         **_tools(tools))
 
 
-def render_answer(prompt: str | Messages, prompt_text: str, answer: str, cfg: DataConfig, tokenizer) -> str:
+def render_answer(prompt: str | Messages, prompt_text: str, answer: str, cfg: DataConfig, tokenizer,
+                  tools: list[dict] | None = None) -> str:
     """The text that follows `prompt_text` when the assistant answers `answer`, end-of-turn included."""
     if _uses_chat_template(prompt, cfg) and getattr(tokenizer, "chat_template", None) is not None:
         msgs = prompt_messages(prompt, cfg) + [{"role": "assistant", "content": answer}]
-        full = tokenizer.apply_chat_template(msgs, tokenize=False)
+        full = tokenizer.apply_chat_template(msgs, tokenize=False, **_tools(tools))
         if full.startswith(prompt_text):
             return full[len(prompt_text):]
         # Templates that rewrite earlier turns when an answer follows: fall through to answer + EOS.
@@ -282,12 +288,13 @@ def encode(tokenizer, text: str) -> list[int]:
 
 
 def encode_prompt_answers(prompt: str | Messages, answers: Sequence[str], cfg: DataConfig,
-                          tokenizer) -> tuple[list[int], list[list[int]]]:
+                          tokenizer, tools: list[dict] | None = None) -> tuple[list[int], list[list[int]]]:
     """(prompt ids, ids of each answer); prompt and answers are tokenized separately so the boundary
     is exact (the answer tokens are the ones the model generates after the prompt)."""
-    prompt_text = render_prompt(prompt, cfg, tokenizer)
+    prompt_text = render_prompt(prompt, cfg, tokenizer, tools)
     prompt_ids = encode(tokenizer, prompt_text)
-    return prompt_ids, [encode(tokenizer, render_answer(prompt, prompt_text, a, cfg, tokenizer)) for a in answers]
+    return prompt_ids, [encode(tokenizer, render_answer(prompt, prompt_text, a, cfg, tokenizer, tools))
+                        for a in answers]
 
 
 @dataclass

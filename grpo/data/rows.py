@@ -101,8 +101,9 @@ def validate_rows(ds: datasets.Dataset, fields: Sequence[str], source: str) -> N
                 raise DataError(f"{source}: row {i}: field '{name}' is missing or empty")
 
 
-def format_prompt(question: str, cfg: DataConfig, tokenizer=None) -> str:
-    """The model-facing prompt: template, optional system prompt, and the tokenizer's chat template."""
+def format_prompt(question: str, cfg: DataConfig, tokenizer=None, tools: list[dict] | None = None) -> str:
+    """The model-facing prompt: template, optional system prompt, and the tokenizer's chat template (given the tool
+    definitions `tools`, for the tool_call format; None renders exactly as without)."""
     content = cfg.prompt_template.format(prompt=question)
     if not cfg.apply_chat_template or tokenizer is None:
         return content
@@ -113,6 +114,8 @@ def format_prompt(question: str, cfg: DataConfig, tokenizer=None) -> str:
     if cfg.system_prompt:
         messages.append({"role": "system", "content": cfg.system_prompt})
     messages.append({"role": "user", "content": content})
+    if tools:
+        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -126,7 +129,7 @@ def prompt_token_counts(prompts: Sequence[str], tokenizer) -> list[int]:
 
 
 def to_examples(ds: datasets.Dataset, cfg: DataConfig, tokenizer=None, source: str = "data",
-                check_length: bool = True) -> list[Example]:
+                check_length: bool = True, tools: list[dict] | None = None) -> list[Example]:
     """Validated rows -> Examples; the verifier reads the answer from `row["answer"]`. A prompt over
     data.max_prompt_tokens is a DataError unless `check_length` is off (`grpo doctor` counts them instead)."""
     validate_rows(ds, [cfg.prompt_field, cfg.answer_field, *cfg.required_fields], source)
@@ -142,7 +145,7 @@ def to_examples(ds: datasets.Dataset, cfg: DataConfig, tokenizer=None, source: s
             if match is None:
                 raise DataError(f"{source}: row {i}: field '{cfg.answer_field}' does not match data.answer_regex")
             row["answer"] = match.group(1).strip()
-        prompts.append(format_prompt(str(row[cfg.prompt_field]), cfg, tokenizer))
+        prompts.append(format_prompt(str(row[cfg.prompt_field]), cfg, tokenizer, tools))
     if tokenizer is not None and check_length:
         for i, n in enumerate(prompt_token_counts(prompts, tokenizer)):
             if n > cfg.max_prompt_tokens:
@@ -168,8 +171,9 @@ class Splits:
     eval: datasets.Dataset
 
 
-def load_splits(cfg: DataConfig, seed: int) -> Splits:
-    """The pools each stage draws from, disjoint by construction."""
+def load_splits(cfg: DataConfig, seed: int, tool_format: str = "code_block") -> Splits:
+    """The pools each stage draws from, disjoint by construction. `tool_format` (tools.format): the call format of
+    the tool_arithmetic task's demonstrations."""
     if cfg.source == "arithmetic":
         from grpo.data.tasks.arithmetic import make_pools
 
@@ -186,7 +190,7 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
         t = cfg.tool_arithmetic
         # eval first: it depends only on the seed and n_eval
         pools = make_tool_pools({"eval": t.n_eval, "sft": t.n_sft, "rl": t.n_rl}, seed, hard_share=t.hard_share,
-                                hard_kinds=tuple(t.hard_kinds))
+                                hard_kinds=tuple(t.hard_kinds), tool_format=tool_format)
         rl = pools["rl"].select(range(min(cfg.limit, len(pools["rl"])))) if cfg.limit else pools["rl"]
         return Splits(sft=pools["sft"], rl=rl, eval=pools["eval"])
     ds = prepare_rows(load_rows(cfg.source, cfg.split, cfg.subset), cfg, cfg.source)

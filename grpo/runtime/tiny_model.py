@@ -61,12 +61,49 @@ def _bytes_to_unicode() -> list[str]:
 # One marker token per turn keeps char-level sequences short; the assistant turn ends with EOS, which is also
 # the token generation stops on. The {% generation %} block lets transformers return an assistant-token mask
 # (`return_assistant_tokens_mask=True`) for SFT loss masking.
+#
+# Tools (`tools.format: tool_call`), in the Hermes / Qwen2.5 convention but compact, since every character is a
+# token here: with `tools`, a system turn lists them as signatures ("<|system|>tools: python(code: string)", after
+# the system prompt and a newline when there is one); an assistant message's `tool_calls` render as
+# `<tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>`; `tool` messages render inside one user turn, each as
+# `<tool_response>\n...\n</tool_response>`. `<tool_call>` and the rest are plain text (no new tokens: the vocabulary
+# and so the weights stay as they were). Without tools and tool messages the text is exactly what the template
+# rendered before tools existed (tests/grpo/runtime/test_tiny_model.py), so models built earlier stay valid.
 CHAT_TEMPLATE = (
+    "{%- if tools -%}" + SYSTEM_TOKEN +
+    "{%- if messages and messages[0]['role'] == 'system' -%}{{ messages[0]['content'] + '\\n' }}{%- endif -%}"
+    "{{ 'tools: ' }}"
+    "{%- for tool in tools -%}"
+    "{%- set f = tool['function'] if tool['function'] is defined else tool -%}"
+    "{%- set props = f['parameters']['properties'] if f['parameters'] is defined and "
+    "f['parameters']['properties'] is defined else {} -%}"
+    "{{ f['name'] + '(' }}"
+    "{%- for pname, p in props.items() -%}"
+    "{{ pname }}{%- if p['type'] is defined -%}{{ ': ' + p['type'] }}{%- endif -%}"
+    "{%- if not loop.last -%}{{ ', ' }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{{ ')' }}{%- if not loop.last -%}{{ '; ' }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
     "{%- for message in messages -%}"
-    "{%- if message['role'] == 'system' -%}" + SYSTEM_TOKEN + "{{ message['content'] }}"
+    "{%- if message['role'] == 'system' -%}"
+    "{%- if not (tools and loop.first) -%}" + SYSTEM_TOKEN + "{{ message['content'] }}{%- endif -%}"
     "{%- elif message['role'] == 'user' -%}" + USER_TOKEN + "{{ message['content'] }}"
     "{%- elif message['role'] == 'assistant' -%}" + ASSISTANT_TOKEN + ""
-    "{%- generation -%}{{ message['content'] }}" + EOS_TOKEN + "{%- endgeneration -%}"
+    "{%- generation -%}"
+    "{%- if message['content'] is not none -%}{{ message['content'] }}{%- endif -%}"
+    "{%- if message['tool_calls'] is defined and message['tool_calls'] -%}"
+    "{%- for call in message['tool_calls'] -%}"
+    "{%- set c = call['function'] if call['function'] is defined else call -%}"
+    "{{ '<tool_call>\\n{\"name\": \"' + c['name'] + '\", \"arguments\": ' }}"
+    "{%- if c['arguments'] is string -%}{{ c['arguments'] }}{%- else -%}{{ c['arguments'] | tojson }}{%- endif -%}"
+    "{{ '}\\n</tool_call>' }}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    + EOS_TOKEN + "{%- endgeneration -%}"
+    "{%- elif message['role'] == 'tool' -%}"
+    "{%- if loop.first or messages[loop.index0 - 1]['role'] != 'tool' -%}" + USER_TOKEN + "{%- endif -%}"
+    "{{ '<tool_response>\\n' + message['content'] + '\\n</tool_response>' }}"
     "{%- else -%}{{ raise_exception('unknown chat role: ' + message['role']) }}"
     "{%- endif -%}"
     "{%- endfor -%}"
@@ -179,6 +216,8 @@ def build_tiny_model(
                        initializer_range)
     existing = _read_build_info(out_dir)
     if existing is not None and existing.get("build_args") == args and _is_complete(out_dir):
+        if not _template_is_current(out_dir):
+            _refresh_tokenizer(out_dir, args)  # same weights and vocabulary; a newer chat template
         return out_dir
     if out_dir.exists() and any(out_dir.iterdir()) and existing is None:
         raise FileExistsError(f"{out_dir} is not empty and was not made by build_tiny_model "
@@ -201,6 +240,29 @@ def build_tiny_model(
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+def _template_is_current(out_dir: Path) -> bool:
+    saved = out_dir / "chat_template.jinja"
+    if saved.is_file():
+        return saved.read_text() == CHAT_TEMPLATE
+    try:
+        return json.loads((out_dir / "tokenizer_config.json").read_text()).get("chat_template") == CHAT_TEMPLATE
+    except (OSError, ValueError):
+        return False
+
+
+def _refresh_tokenizer(out_dir: Path, args: dict[str, Any]) -> None:
+    """Rewrite the tokenizer files of a built model (the chat template changed; weights and vocabulary did not),
+    each file swapped in whole."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tokenizer-", dir=out_dir.parent))
+    try:
+        build_tokenizer(max_length=args["max_position_embeddings"]).save_pretrained(staging)
+        for entry in staging.iterdir():
+            entry.chmod(0o644)
+            os.replace(entry, out_dir / entry.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def build_preset(out_dir: str | os.PathLike, preset: str = DEFAULT_PRESET, **overrides: Any) -> Path:

@@ -3,16 +3,19 @@
 
 One episode per sample (G per prompt), in turns:
 
-    prompt ids ──► engine continues from the episode's token ids, stops at the call marker (```output), EOS
-                   or the episode's remaining budget
+    prompt ids ──► engine continues from the episode's token ids, stops at the format's call marker (```output,
+                   </tool_call>), EOS or the episode's remaining budget
                ──► every call of the turn, across the whole batch, runs at once (grpo.runtime.tools)
-               ──► each answer is tokenized and appended as a tool segment ──► next turn
+               ──► each turn's answer (the format's response: an output block, or what the chat template renders
+                   for the tool messages and the next generation prompt) is tokenized once and appended as a
+                   tool segment ──► next turn
 
 Token ids end to end: the engine is always given the accumulated ids (model tokens exactly as sampled, tool
 tokens as tokenized once here), never re-tokenized text, so the trainer sees exactly what was sampled. An
 episode ends at EOS, when its budget (spec.max_tokens = rollout.max_tokens: model and tool tokens together) is
 spent (truncated; a tool answer that does not fit is cut), or at a call beyond `tools.max_turns`, which is left
-unanswered. Sampling seeds derive from (request seed, sample, turn), so a resumed run samples the same episodes.
+unanswered (a turn with several calls, possible only in formats that do not stop at each call, counts all of
+them). Sampling seeds derive from (request seed, sample, turn), so a resumed run samples the same episodes.
 """
 from __future__ import annotations
 
@@ -22,11 +25,11 @@ from typing import Sequence
 
 from grpo.config import ToolsConfig
 from grpo.data.prompt_stream import request_seed
-from grpo.data.tool_format import CALL_END, ToolCall, find_call, render_response
+from grpo.data.tool_format import CodeBlockFormat, ToolCall, Turn
 from grpo.runtime.rollout import Completion, Group, SamplingSpec
 from grpo.runtime.tools import ToolRunner
 
-TOOL_ERRORS = ("error", "memory", "output_limit", "sandbox_error", "unknown_tool")
+TOOL_ERRORS = ("error", "memory", "output_limit", "sandbox_error", "unknown_tool", "bad_call")
 
 
 @dataclass
@@ -37,6 +40,7 @@ class _Episode:
     mask: list[bool] = field(default_factory=list)  # True on model tokens
     logprobs: list[float] = field(default_factory=list)  # sampler logprobs; 0.0 on tool tokens
     cells: list[str] = field(default_factory=list)  # python cells that ran without error (the session)
+    turns: list[Turn] = field(default_factory=list)  # (model text, outputs of its calls) per turn, for the format
     calls: list[dict] = field(default_factory=list)
     truncated: bool = False
     done: bool = False
@@ -48,9 +52,12 @@ class _Episode:
 
 
 class ToolRollout:
-    def __init__(self, engine, tokenizer, cfg: ToolsConfig, call_end: str = CALL_END):
+    """`fmt`: the call format (grpo.data.tool_format; grpo.runtime.tools.make_format builds the configured one);
+    default code_block. Prompts must have been rendered for it (`fmt.tools` in the chat template)."""
+
+    def __init__(self, engine, tokenizer, cfg: ToolsConfig, fmt=None):
         self.engine, self.tokenizer, self.cfg = engine, tokenizer, cfg
-        self.call_end = call_end  # the format's marker; tests pick one an untrained model writes often
+        self.fmt = fmt if fmt is not None else CodeBlockFormat()
         self.runner = ToolRunner(cfg)
         self.tool_seconds = 0.0  # wall time spent waiting for tools, cumulative (the stages log differences)
         self.generate_seconds = 0.0  # wall time in the engine, cumulative
@@ -66,37 +73,44 @@ class ToolRollout:
         while active:
             t0 = time.perf_counter()
             outs = self.engine.generate_tokens([prompt_ids[e.prompt_index] + e.ids for e in active], spec,
-                                               [request_seed(e.seed, turn) for e in active], stop=[self.call_end],
+                                               [request_seed(e.seed, turn) for e in active], stop=list(self.fmt.stop),
                                                max_tokens=[budget - len(e.ids) for e in active])
             self.generate_seconds += time.perf_counter() - t0
-            calling: list[tuple[_Episode, ToolCall]] = []
+            calling: list[tuple[_Episode, list[ToolCall]]] = []
             for e, out in zip(active, outs):
                 e.add(out.token_ids, True, out.logprobs)
-                call = find_call(out.text, self.call_end)
-                if call is None:  # EOS, or the budget ran out mid-turn
+                # the turn as the model wrote it, special tokens included: the conversation the format renders
+                text = self.tokenizer.decode(out.token_ids, skip_special_tokens=False)
+                e.turns.append((text, []))
+                calls = self.fmt.find_calls(text)
+                if not calls:  # EOS, or the budget ran out mid-turn
                     e.truncated, e.done = out.truncated, True
                 elif len(e.ids) >= budget:  # a call with no room left for its answer
                     e.truncated, e.done = True, True
-                elif len(e.calls) >= self.cfg.max_turns:
+                elif len(e.calls) + len(calls) > self.cfg.max_turns:
                     e.done = True  # a call beyond tools.max_turns: left unanswered, the episode ends
                 else:
-                    calling.append((e, call))
+                    calling.append((e, calls))
             if calling:
                 self._answer(calling, budget)
             active = [e for e, _ in calling if not e.done]
             turn += 1
         return self._groups(prompts, prompt_ids, episodes)
 
-    def _answer(self, calling: list[tuple[_Episode, ToolCall]], budget: int) -> None:
-        """Run every call of the turn at once; append each answer as a tool segment."""
+    def _answer(self, calling: list[tuple[_Episode, list[ToolCall]]], budget: int) -> None:
+        """Run every call of the turn at once; append each episode's answers as one tool segment."""
+        flat = [(e, call) for e, calls in calling for call in calls]
         t0 = time.perf_counter()
-        results = self.runner.run([c for _, c in calling], [e.cells for e, _ in calling])
+        # a turn's later calls see the session as it was before the turn (calls of a turn run in parallel)
+        results = self.runner.run([c for _, c in flat], [list(e.cells) for e, _ in flat])
         self.tool_seconds += time.perf_counter() - t0
-        for (e, call), result in zip(calling, results):
+        for (e, call), result in zip(flat, results):
             e.calls.append({"tool": call.tool, "status": result.status, "wall_s": result.wall_s})
             if call.tool == "python" and result.status == "ok":
                 e.cells.append(call.body)
-            answer = self._encode(render_response(result.output))
+            e.turns[-1][1].append(result.output)
+        for e, _ in calling:
+            answer = self._encode(self.fmt.response(e.turns))
             room = budget - len(e.ids)
             if len(answer) >= room:
                 # The answer fills the rest of the budget: what fits is kept, the episode ends truncated.

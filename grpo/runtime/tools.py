@@ -3,9 +3,12 @@
 - `python`: the sandbox pool (bubblewrap, rlimits, a hard wall clock; sandboxes/). The calls of a turn are
   submitted together and the pool's workers take them in parallel; a call that hangs is killed at
   `tools.timeout_s`: it holds one worker at most that long while the others run the rest of the batch.
-- user tools (`tools.functions`: fence name -> `package.module:attr`): plain Python functions called with the
-  block's body (one string), in worker processes with a hard per-call timeout (verifiers' ScoringPool: a
-  stuck worker is killed and replaced). They run outside the sandbox: they are the user's own code.
+- user tools (`tools.functions`: name -> `package.module:attr`): plain Python functions, in worker processes with
+  a hard per-call timeout (verifiers' ScoringPool: a stuck worker is killed and replaced). code_block calls them
+  with the block's body (one string); tool_call with the call's JSON arguments as keywords (their signature and
+  docstring are the tool's definition: `function_schema`). They run outside the sandbox: they are the user's code.
+- a call the format could not parse (tool_call: malformed JSON, an unknown tool, wrong arguments) never runs: its
+  error message is the answer.
 
 Sessions (`tools.session: replay`): a python call sees the definitions of the episode's earlier calls because
 the earlier cells that ran without error are run again first, in the same program, with their output hidden;
@@ -14,7 +17,7 @@ every later call (and against its timeout), and a cell with side effects or rand
 call. `none`: every call starts from a fresh interpreter.
 
 Every outcome becomes text for the model (`ToolResult.output`, capped at `tools.max_output_chars`) and a
-status for the metrics: ok, error, timeout, memory, output_limit, sandbox_error, unknown_tool.
+status for the metrics: ok, error, timeout, memory, output_limit, sandbox_error, unknown_tool, bad_call.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from grpo.config import ConfigError, ToolsConfig
-from grpo.data.tool_format import ToolCall
+from grpo.data.tool_format import PYTHON_TOOL, CodeBlockFormat, ToolCall, ToolCallFormat
 
 # Runs the episode's earlier cells silently in one namespace, then the new cell in it. (No import beyond io and
 # sys, which the interpreter has loaded anyway: each import costs milliseconds in a fresh sandboxed child.)
@@ -57,7 +60,7 @@ STATUS_TEXT = {
 
 @dataclass
 class ToolResult:
-    status: str  # ok | error | timeout | memory | output_limit | sandbox_error | unknown_tool
+    status: str  # ok | error | timeout | memory | output_limit | sandbox_error | unknown_tool | bad_call
     output: str  # what the model reads (capped)
     wall_s: float
 
@@ -111,20 +114,43 @@ def load_function(spec: str, key: str = "tools.functions") -> Callable[..., Any]
 def function_schema(name: str, fn: Callable[..., Any]) -> dict:
     """A JSON-schema description of a user tool from its signature and docstring (OpenAI function style)."""
     kinds = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
+    by_name = {t.__name__: kind for t, kind in kinds.items()}  # annotations as strings (from __future__ import)
     props, required = {}, []
     for pname, p in inspect.signature(fn).parameters.items():
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
-        props[pname] = {"type": kinds.get(p.annotation, "string")}
+        kind = by_name.get(p.annotation) if isinstance(p.annotation, str) else kinds.get(p.annotation)
+        props[pname] = {"type": kind} if kind else {}  # unannotated, or a type JSON has no name for: any value
         if p.default is p.empty:
             required.append(pname)
     return {"name": name, "description": inspect.getdoc(fn) or "",
             "parameters": {"type": "object", "properties": props, "required": required}}
 
 
+def tool_definitions(cfg: ToolsConfig) -> list[dict]:
+    """The tools as the chat template gets them (tool_call format): python, then each user tool's schema."""
+    return [PYTHON_TOOL] + [{"type": "function", "function": function_schema(name, load_function(spec, f"tools.functions.{name}"))}
+                            for name, spec in cfg.functions.items()]
+
+
+def make_format(cfg: ToolsConfig, tokenizer=None, system_prompt: str | None = None):
+    """The call format of `tools.format` (grpo.data.tool_format). tool_call checks the tokenizer's chat template
+    first: a ConfigError naming tools.format when it cannot render the tools and tool messages."""
+    if cfg.format == "code_block":
+        return CodeBlockFormat()
+    fmt = ToolCallFormat(tokenizer, tool_definitions(cfg), system_prompt)
+    try:
+        fmt.check()
+    except ValueError as exc:
+        raise ConfigError(f"tools.format: tool_call needs a tokenizer whose chat template renders tools and tool "
+                          f"messages: {exc}") from None
+    return fmt
+
+
 class _FunctionTool:
     """A user function behind the verifier-pool protocol, so ScoringPool can run it with a hard timeout: the
-    "completion" is the call's body; the answer travels in Score.info."""
+    "completion" is the call's body, `example["arguments"]` its keyword arguments (tool_call format) when not
+    None; the answer travels in Score.info."""
 
     def __init__(self, spec: str):
         self.fn = load_function(spec)
@@ -133,7 +159,8 @@ class _FunctionTool:
     def score(self, completion: str, example: dict):
         from verifiers.base import Score
 
-        return Score(0.0, {"output": str(self.fn(completion))})
+        arguments = example.get("arguments")
+        return Score(0.0, {"output": str(self.fn(completion) if arguments is None else self.fn(**arguments))})
 
 
 class _FunctionToolRecipe:
@@ -182,7 +209,9 @@ class ToolRunner:
         futures = {}
         by_tool: dict[str, list[int]] = {}
         for i, call in enumerate(calls):
-            if call.tool == "python":
+            if call.error is not None:
+                results[i] = ToolResult(call.error[0], call.error[1], 0.0)
+            elif call.tool == "python":
                 cells = (list(sessions[i]) if self.cfg.session == "replay" else []) + [call.body]
                 futures[i] = (time.perf_counter(), self._sandbox_pool().submit(session_program(cells)))
             elif call.tool in self.cfg.functions:
@@ -206,7 +235,8 @@ class ToolRunner:
     def _run_user_tool(self, name: str, idx: list[int], calls: Sequence[ToolCall],
                        results: list[ToolResult | None]) -> None:
         t0 = time.perf_counter()
-        scores = self._user_pool(name).score_batch([calls[i].body for i in idx], [{} for _ in idx])
+        scores = self._user_pool(name).score_batch([calls[i].body for i in idx],
+                                                   [{"arguments": calls[i].arguments} for i in idx])
         wall = (time.perf_counter() - t0) / max(len(idx), 1)
         for i, s in zip(idx, scores):
             error = s.info.get("error")

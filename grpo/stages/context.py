@@ -23,6 +23,7 @@ class StageContext:
     splits: Splits
     _rollout: Any = None
     _sampler: Any = None
+    _tool_format: Any = None
     _verifier: Any = None
     _loggers: dict = field(default_factory=dict)
     _examples: dict = field(default_factory=dict)
@@ -44,8 +45,18 @@ class StageContext:
         if split not in self._examples:
             ds = getattr(self.splits, split)
             source = (self.cfg.data.eval_source or self.cfg.data.source) if split == "eval" else self.cfg.data.source
-            self._examples[split] = to_examples(ds, self.cfg.data, self.tokenizer, source=source)
+            tools = self.tool_format.tools if self.cfg.tools.enabled else None
+            self._examples[split] = to_examples(ds, self.cfg.data, self.tokenizer, source=source, tools=tools)
         return self._examples[split]
+
+    @property
+    def tool_format(self):
+        """The call format of `tools.format` (grpo.data.tool_format): prompts, rollouts and SFT demonstrations use it."""
+        if self._tool_format is None:
+            from grpo.runtime.tools import make_format
+
+            self._tool_format = make_format(self.cfg.tools, self.tokenizer, self.cfg.data.system_prompt)
+        return self._tool_format
 
     @property
     def rollout(self):
@@ -82,7 +93,7 @@ class StageContext:
         if self._sampler is None:
             from grpo.runtime.tool_rollout import ToolRollout
 
-            self._sampler = ToolRollout(self.rollout, self.tokenizer, self.cfg.tools)
+            self._sampler = ToolRollout(self.rollout, self.tokenizer, self.cfg.tools, self.tool_format)
         return self._sampler
 
     @property

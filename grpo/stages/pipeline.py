@@ -56,9 +56,12 @@ def setup(cfg: RunConfig, model_path: str | None = None) -> StageContext:
         global_barrier("setup", cfg.rollout.async_timeout_s)
     model_path = model_path or resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(model_path, cfg.model)
-    splits = load_splits(cfg.data, cfg.seed)
-    return StageContext(cfg=cfg, dist=dist, run_dir=run_dir, base_model_path=model_path, tokenizer=tokenizer,
-                        splits=splits)
+    splits = load_splits(cfg.data, cfg.seed, cfg.tools.format)
+    ctx = StageContext(cfg=cfg, dist=dist, run_dir=run_dir, base_model_path=model_path, tokenizer=tokenizer,
+                       splits=splits)
+    if cfg.tools.enabled:
+        _ = ctx.tool_format  # the tool_call format checks the chat template now, before any stage starts
+    return ctx
 
 
 def _eval_model(ctx: StageContext, model_dir: str | None) -> dict:

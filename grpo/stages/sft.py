@@ -29,7 +29,7 @@ import torch
 from grpo.algorithms.logprobs import gather_logprobs
 from grpo.algorithms.packing import block_causal_mask, pack
 from grpo.data.preferences import encode, encode_prompt_answers, render_answer, render_prompt
-from grpo.data.tool_format import split_segments
+from grpo.data.tool_format import CodeBlockFormat
 from grpo.data.prompt_stream import PromptStream
 from grpo.data.rows import DataError, train_eval_split, validate_rows
 from grpo.metrics import progress, short
@@ -60,17 +60,24 @@ class Demo:
         return len(self.prompt_ids) + len(self.answer_ids)
 
 
-def tokenize_demos(ds, ctx_cfg, tokenizer, max_seq_len: int, source: str = "sft data") -> tuple[list[Demo], int]:
+def tokenize_demos(ds, ctx_cfg, tokenizer, max_seq_len: int, source: str = "sft data",
+                   fmt=None) -> tuple[list[Demo], int]:
     """Demonstrations -> token ids; answers longer than the room left by the prompt are cut
-    (returned count). A prompt that alone fills max_seq_len is a DataError naming the row."""
+    (returned count). A prompt that alone fills max_seq_len is a DataError naming the row. With tools
+    enabled, `fmt` is the call format (default: the configured one, grpo.runtime.tools.make_format)."""
     d = ctx_cfg.data
     validate_rows(ds, [d.prompt_field, d.solution_field], source)
+    if ctx_cfg.tools.enabled and fmt is None:
+        from grpo.runtime.tools import make_format
+
+        fmt = make_format(ctx_cfg.tools, tokenizer, d.system_prompt)
+    tools = fmt.tools if fmt is not None else None
     demos, cut = [], 0
     for i, (question, solution) in enumerate(zip(ds[d.prompt_field], ds[d.solution_field])):
-        prompt_ids, (answer_ids,) = encode_prompt_answers(str(question), [str(solution)], d, tokenizer)
+        prompt_ids, (answer_ids,) = encode_prompt_answers(str(question), [str(solution)], d, tokenizer, tools)
         answer_mask = None
-        if ctx_cfg.tools.enabled:
-            answer_ids, answer_mask = encode_tool_answer(str(question), str(solution), d, tokenizer)
+        if fmt is not None:
+            answer_ids, answer_mask = encode_tool_answer(str(question), str(solution), d, tokenizer, fmt)
         room = max_seq_len - len(prompt_ids)
         if room < 1:
             raise DataError(f"{source}: row {i}: the prompt is {len(prompt_ids)} tokens, leaving no room for the "
@@ -82,13 +89,17 @@ def tokenize_demos(ds, ctx_cfg, tokenizer, max_seq_len: int, source: str = "sft 
     return demos, cut
 
 
-def encode_tool_answer(question: str, solution: str, data_cfg, tokenizer) -> tuple[list[int], list[bool]]:
+def encode_tool_answer(question: str, solution: str, data_cfg, tokenizer, fmt=None) -> tuple[list[int], list[bool]]:
     """A demonstration with tool turns as a rollout would hold it: the rendered answer (end-of-turn included) cut
-    into model and tool segments (grpo.data.tool_format), each tokenized on its own, as a tool episode's segments
-    are; (ids, mask) with the mask False on tool tokens."""
-    prompt_text = render_prompt(question, data_cfg, tokenizer)
+    into model and tool segments by the call format `fmt` (grpo.data.tool_format; default code_block), each
+    tokenized on its own, as a tool episode's segments are; (ids, mask) with the mask False on tool tokens. In the
+    tool_call format a tool segment is what the chat template renders for the tool messages (the same text a
+    rollout appends), in place of the demonstration's `<tool_response>` blocks."""
+    fmt = fmt if fmt is not None else CodeBlockFormat()
+    prompt_text = render_prompt(question, data_cfg, tokenizer, fmt.tools)
+    answer = render_answer(question, prompt_text, solution, data_cfg, tokenizer, fmt.tools)
     ids, mask = [], []
-    for text, by_model in split_segments(render_answer(question, prompt_text, solution, data_cfg, tokenizer)):
+    for text, by_model in fmt.demo_segments(answer):
         seg = encode(tokenizer, text)
         ids += seg
         mask += [by_model] * len(seg)
@@ -239,8 +250,9 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
     if eval_size is None:
         eval_size = min(DEFAULT_EVAL_CAP, len(ds) // 20)
     train_ds, eval_ds = train_eval_split(ds, eval_size, cfg.seed) if eval_size > 0 else (ds, ds.select([]))
-    demos, cut = tokenize_demos(train_ds, cfg, ctx.tokenizer, s.max_seq_len, cfg.data.source)
-    eval_demos, _ = tokenize_demos(eval_ds, cfg, ctx.tokenizer, s.max_seq_len, cfg.data.source)
+    fmt = ctx.tool_format if cfg.tools.enabled else None
+    demos, cut = tokenize_demos(train_ds, cfg, ctx.tokenizer, s.max_seq_len, cfg.data.source, fmt)
+    eval_demos, _ = tokenize_demos(eval_ds, cfg, ctx.tokenizer, s.max_seq_len, cfg.data.source, fmt)
     rows = pack_demos(demos, s.max_seq_len)
     eval_rows = pack_demos(eval_demos, s.max_seq_len)[dist.rank::dist.world_size]
     real = sum(len(d) for d in demos)

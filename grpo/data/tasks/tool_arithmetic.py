@@ -6,7 +6,9 @@ up to three digits with + and -, two-digit by one-digit products).
 
 Two demonstrations per problem:
 - `solution` (with tools): a hard problem calls the python tool on the question's expression and boxes what it
-  printed; an easy one is worked in columns, as in the embedded default (no call).
+  printed; an easy one is worked in columns, as in the embedded default (no call). The call is written in the
+  run's `tools.format`: a ```python block and its ```output (code_block), or a JSON `<tool_call>` and the answer as
+  `<tool_response>` (tool_call; SFT renders it with the chat template, as a rollout's answer is).
 - `solution_no_tools`: the best working a model without tools gets: columns for easy problems and for `sum4`
   (column addition with several operands, the carry written out); the boxed answer alone for `product3`, for which
   no digit-by-digit working exists here.
@@ -19,7 +21,7 @@ import random
 from dataclasses import dataclass
 
 from grpo.data.tasks.arithmetic import ArithmeticProblem, ArithmeticSpec, sample_problem, solution_columns
-from grpo.data.tool_format import python_call, render_response
+from grpo.data.tool_format import python_call, render_response, tool_call_text, tool_response_text
 
 HARD_KINDS = ("product3", "sum4")
 
@@ -72,10 +74,14 @@ def columns_sum(operands: tuple[int, ...]) -> str:
     return ",".join(steps) + f",\\boxed{{{sum(operands)}}}"
 
 
-def tool_solution(problem: HardProblem) -> str:
+def tool_solution(problem: HardProblem, tool_format: str = "code_block") -> str:
     """The demonstration with a python call: the call, the output exactly as the tool answers, the boxed answer."""
-    return (python_call(f"print({problem.expression()})") + render_response(str(problem.answer))
-            + f"\\boxed{{{problem.answer}}}")
+    code, output = f"print({problem.expression()})", str(problem.answer)
+    if tool_format == "tool_call":
+        call = tool_call_text("python", {"code": code}) + tool_response_text(output)
+    else:
+        call = python_call(code) + render_response(output)
+    return call + f"\\boxed{{{problem.answer}}}"
 
 
 def plain_solution(problem: HardProblem) -> str:
@@ -90,9 +96,10 @@ def _row(question: str, answer: int, solution: str, solution_no_tools: str, kind
 
 
 def make_pools(sizes: dict[str, int], seed: int, *, hard_share: float = 0.5, hard_kinds=HARD_KINDS,
-               hard_only: tuple[str, ...] = ("eval",)) -> dict:
+               hard_only: tuple[str, ...] = ("eval",), tool_format: str = "code_block") -> dict:
     """Disjoint named pools (datasets.Dataset with prompt, answer, solution, solution_no_tools, kind). Pools named
-    in `hard_only` hold hard problems only; the others a `hard_share` of hard ones, the kinds in turn."""
+    in `hard_only` hold hard problems only; the others a `hard_share` of hard ones, the kinds in turn. The problems
+    do not depend on `tool_format`, only the calls in `solution`."""
     from datasets import Dataset
 
     rng = random.Random(f"tool_arithmetic:{seed}")
@@ -110,7 +117,7 @@ def make_pools(sizes: dict[str, int], seed: int, *, hard_share: float = 0.5, har
                 problem = sample_hard(rng, hard_kinds[len(rows) % len(hard_kinds)])
                 if problem.key in taken:
                     continue
-                row = _row(problem.question(), problem.answer, tool_solution(problem), plain_solution(problem),
+                row = _row(problem.question(), problem.answer, tool_solution(problem, tool_format), plain_solution(problem),
                            problem.kind)
             else:
                 easy: ArithmeticProblem = sample_problem(rng, easy_spec)

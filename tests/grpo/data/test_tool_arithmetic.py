@@ -5,7 +5,8 @@ import re
 from grpo.config import DataConfig, ToolArithmeticConfig
 from grpo.data.rows import load_splits
 from grpo.data.tasks.tool_arithmetic import HardProblem, columns_sum, make_pools, tool_solution
-from grpo.data.tool_format import find_call, render_response, split_segments
+from grpo.data.tool_format import (PYTHON_TOOL, find_call, find_tool_calls, render_response, split_segments,
+                                   tool_response_text)
 
 
 def test_pools_are_disjoint_and_eval_is_hard_only():
@@ -30,6 +31,23 @@ def test_hard_demonstrations_call_python_and_box_its_output():
         assert segments[1][0] == render_response(row["answer"])
         assert segments[2][0] == f"\\boxed{{{row['answer']}}}"
         assert row["solution_no_tools"].endswith(f"\\boxed{{{row['answer']}}}")
+
+
+def test_tool_call_demonstrations_write_a_json_call_and_its_response():
+    code_block = make_pools({"eval": 20, "sft": 20}, seed=0)
+    json_calls = make_pools({"eval": 20, "sft": 20}, seed=0, tool_format="tool_call")
+    for name in ("eval", "sft"):
+        assert json_calls[name]["prompt"] == code_block[name]["prompt"]  # the same problems
+    for row in json_calls["eval"]:
+        call_text, rest = row["solution"].split("</tool_call>")
+        [call] = find_tool_calls(call_text + "</tool_call>", {"python": PYTHON_TOOL["function"]["parameters"]})
+        assert call.error is None and str(eval(re.fullmatch(r"print\((.*)\)", call.body).group(1))) == row["answer"]
+        assert rest == tool_response_text(row["answer"]) + f"\\boxed{{{row['answer']}}}"
+    easy = [r for r in json_calls["sft"] if r["kind"] == "easy"]
+    assert easy and all("<tool_call>" not in r["solution"] for r in easy)
+    splits = load_splits(DataConfig(source="tool_arithmetic", tool_arithmetic=ToolArithmeticConfig(
+        n_sft=10, n_rl=10, n_eval=10)), seed=0, tool_format="tool_call")
+    assert all(s.startswith("<tool_call>") for s in splits.eval["solution"])
 
 
 def test_column_sum_of_four_numbers():

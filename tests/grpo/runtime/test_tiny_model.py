@@ -87,8 +87,76 @@ def test_assistant_turn_ends_with_eos_and_is_masked(tokenizer):
 
 
 def test_unknown_role_is_an_error(tokenizer):
-    with pytest.raises(Exception, match="unknown chat role: tool"):
-        tokenizer.apply_chat_template([{"role": "tool", "content": "x"}], tokenize=False)
+    with pytest.raises(Exception, match="unknown chat role: robot"):
+        tokenizer.apply_chat_template([{"role": "robot", "content": "x"}], tokenize=False)
+
+
+# The chat template as it was before it rendered tools (BUILD_FORMAT_VERSION 1 models were built with it).
+TEMPLATE_BEFORE_TOOLS = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}<|system|>{{ message['content'] }}"
+    "{%- elif message['role'] == 'user' -%}<|user|>{{ message['content'] }}"
+    "{%- elif message['role'] == 'assistant' -%}<|assistant|>"
+    "{%- generation -%}{{ message['content'] }}<|eos|>{%- endgeneration -%}"
+    "{%- else -%}{{ raise_exception('unknown chat role: ' + message['role']) }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
+)
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is 347 - 58?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " a\n b "}],
+    [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "\\boxed{2}"},
+     {"role": "user", "content": "and 2+2?"}, {"role": "assistant", "content": "\n4 "}],
+    [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}, {"role": "system", "content": "late"}],
+]
+
+
+@pytest.mark.parametrize("messages", CONVERSATIONS)
+@pytest.mark.parametrize("generation_prompt", [False, True])
+def test_without_tools_the_template_renders_as_before_tools_existed(tokenizer, messages, generation_prompt):
+    new = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    old = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
+                                        chat_template=TEMPLATE_BEFORE_TOOLS)
+    assert new == old
+    masks = [tokenizer.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True,
+                                           chat_template=t)["assistant_masks"] for t in (None, TEMPLATE_BEFORE_TOOLS)]
+    assert masks[0] == masks[1]
+
+
+def test_the_template_renders_tools_calls_and_tool_messages(tokenizer):
+    tools = [{"type": "function", "function": {"name": "python", "parameters": {
+        "type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]}}},
+        {"name": "calc", "parameters": {"properties": {"a": {"type": "integer"}, "b": {}}}}]  # bare, untyped
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q"},
+                {"role": "assistant", "content": "", "tool_calls": [
+                    {"type": "function", "function": {"name": "python", "arguments": {"code": "print(1)"}}},
+                    {"function": {"name": "calc", "arguments": '{"a": 1}'}}]},
+                {"role": "tool", "content": "1"}, {"role": "tool", "content": "2"},
+                {"role": "assistant", "content": "\\boxed{1}"}]
+    text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
+    assert text == ("<|system|>Be brief.\ntools: python(code: string); calc(a: integer, b)<|user|>Q<|assistant|>"
+                    '<tool_call>\n{"name": "python", "arguments": {"code": "print(1)"}}\n</tool_call>'
+                    '<tool_call>\n{"name": "calc", "arguments": {"a": 1}}\n</tool_call><|eos|>'
+                    "<|user|><tool_response>\n1\n</tool_response><tool_response>\n2\n</tool_response>"
+                    "<|assistant|>\\boxed{1}<|eos|>")
+    no_system = tokenizer.apply_chat_template(messages[1:2], tools=tools[:1], tokenize=False, add_generation_prompt=True)
+    assert no_system == "<|system|>tools: python(code: string)<|user|>Q<|assistant|>"
+    # <tool_call> is plain text to this tokenizer: one token per character, as in demonstrations and rollouts
+    assert len(tokenizer("<tool_call>", add_special_tokens=False)["input_ids"]) == len("<tool_call>")
+
+
+def test_a_model_built_before_the_template_changed_gets_the_new_one_and_keeps_its_weights(tmp_path):
+    from grpo.runtime.tiny_model import CHAT_TEMPLATE
+
+    out = build_tiny_model(tmp_path / "m", **TINY_PRESETS["micro"])
+    (out / "chat_template.jinja").write_text(TEMPLATE_BEFORE_TOOLS)
+    weights = out / "model.safetensors"
+    stamp, data = weights.stat().st_mtime_ns, weights.read_bytes()
+    assert build_tiny_model(out, **TINY_PRESETS["micro"]) == out
+    assert (out / "chat_template.jinja").read_text() == CHAT_TEMPLATE
+    assert weights.stat().st_mtime_ns == stamp and weights.read_bytes() == data
+    assert not [p for p in tmp_path.iterdir() if p.name != "m"], "no staging directory left behind"
 
 
 def test_special_tokens(tokenizer, hf_model):

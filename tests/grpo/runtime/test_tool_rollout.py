@@ -3,6 +3,7 @@ sampling (transformers here, vLLM in the slow test), the real sandbox. What the 
 sampled: token ids, the loss mask (model tokens in, tool answers out), sampler logprobs on model tokens equal to
 the trainer's own (padded rows and shared-prompt packing alike), and the turn and token limits."""
 import gc
+import re
 import sys
 from pathlib import Path
 
@@ -205,6 +206,139 @@ def test_vllm_episodes_continue_from_token_ids_and_match_the_trainer(vllm_llm, t
         assert calls > 0 and any("\\boxed{42}" in c.text for c in group.completions)
         budget = episodes(engine, tokenizer, demo, n=4, max_tokens=40)
         assert all(len(c.token_ids) <= 40 for c in budget.completions)
+    finally:
+        engine.push_weights(load_weights(str(tiny_model_dir)))
+        gc.collect()
+
+
+# ---------------------------------------------------------------------------------------------
+# The tool_call format: JSON calls, answers rendered by the chat template
+
+
+@pytest.fixture(scope="module")
+def json_taught_dir(tiny_model_dir, tmp_path_factory, demo):
+    return demo.teach_tool_calls(tiny_model_dir, tmp_path_factory.mktemp("json_taught") / "model", steps=200, json=True)
+
+
+@pytest.fixture(scope="module")
+def json_hf(json_taught_dir, tokenizer):
+    return HFRollout(str(json_taught_dir), RolloutConfig(backend="hf"), tokenizer=tokenizer)
+
+
+def json_episodes(engine, tokenizer, demo, n=4, max_tokens=256, **tools):
+    cfg = ToolsConfig(format="tool_call", **tools)
+    fmt = demo.json_format(tokenizer)
+    rollout = ToolRollout(engine, tokenizer, cfg, fmt)
+    try:
+        [group] = rollout.generate([demo.json_prompt(fmt)], SamplingSpec(n=n, temperature=1.0, max_tokens=max_tokens),
+                                   [11])
+    finally:
+        rollout.close()
+    return group, fmt
+
+
+TOOL_RESPONSE = re.compile(r"<\|eos\|><\|user\|><tool_response>\n(.*)\n</tool_response><\|assistant\|>", re.DOTALL)
+
+
+def check_json_episode_lines_up(group, c, tokenizer, fmt):
+    """Ids, mask and logprobs agree; every tool segment is what the chat template renders for the turns so far
+    (tokenized once); an episode that ended is exactly the conversation the chat template renders."""
+    ids, mask, lps = c.token_ids, c.loss_mask, c.logprobs
+    assert len(ids) == len(mask) == len(lps)
+    assert all(lp == 0.0 for lp, m in zip(lps, mask) if not m)
+    segments = []  # (ids, by_model) runs
+    for t, m in zip(ids, mask):
+        if segments and segments[-1][1] == m:
+            segments[-1][0].append(t)
+        else:
+            segments.append(([t], m))
+    assert len([s for s in segments if not s[1]]) == len(c.tool_calls)
+    turns, final = [], None
+    for seg, by_model in segments:
+        text = tokenizer.decode(seg, skip_special_tokens=False)
+        if by_model:
+            assert segments[0][1], "an episode starts with the model's tokens"
+            final = text
+            if text.endswith("</tool_call>"):
+                turns.append((text, []))
+            continue
+        match = TOOL_RESPONSE.fullmatch(text)
+        if match is None:  # cut by the token budget
+            assert c.truncated and seg is segments[-1][0]
+            continue
+        turns[-1][1].append(match.group(1))
+        assert text == fmt.response(turns) and tokenizer(text, add_special_tokens=False)["input_ids"] == seg
+        final = None
+    if final is not None and final.endswith(tokenizer.eos_token):
+        messages = [{"role": "user", "content": demo_question(tokenizer, group.prompt)}]
+        for text, outputs in turns:
+            messages += [{"role": "assistant", "content": text}] + [{"role": "tool", "content": o} for o in outputs]
+        messages.append({"role": "assistant", "content": final[: -len(tokenizer.eos_token)]})
+        assert tokenizer.decode(group.prompt_ids + ids, skip_special_tokens=False) == fmt.render(messages, False)
+
+
+def demo_question(tokenizer, prompt):
+    return prompt.split("<|user|>")[1].split("<|assistant|>")[0]
+
+
+def test_a_tool_call_episode_lines_up_with_the_chat_template_and_the_trainer(json_hf, tokenizer, demo):
+    group, fmt = json_episodes(json_hf, tokenizer, demo)
+    assert "tools: python(code: string)" in group.prompt
+    for c in group.completions:
+        check_json_episode_lines_up(group, c, tokenizer, fmt)
+        m = torch.tensor(c.loss_mask)
+        diff = (trainer_logprobs(json_hf.model, group.prompt_ids, c.token_ids) - torch.tensor(c.logprobs))[m].abs().max()
+        assert diff < 1e-4
+    # the taught episode: two JSON calls, the second printing a name the first defined (session replay)
+    best = [c for c in group.completions if "\\boxed{42}" in c.text]
+    assert best, [c.text for c in group.completions]
+    assert [call["status"] for call in best[0].tool_calls] == ["ok", "ok"] and model_turns(best[0].loss_mask) == 3
+    assert tool_metrics(group.completions)["tools/episodes_with_call"] == 1.0
+    for c in group.completions:  # a sampled call that is not valid (temperature 1) got its error as the answer
+        errors = sum(call["status"] in ("bad_call", "unknown_tool", "error") for call in c.tool_calls)
+        assert c.text.count("Error") >= errors
+
+
+def test_a_tool_call_beyond_max_turns_is_left_unanswered(json_hf, tokenizer, demo):
+    group, fmt = json_episodes(json_hf, tokenizer, demo, max_turns=1)
+    over = [c for c in group.completions if c.text.count("</tool_call>") == 2]
+    assert over, [c.text for c in group.completions]
+    for c in group.completions:
+        assert len(c.tool_calls) <= 1
+        check_json_episode_lines_up(group, c, tokenizer, fmt)
+    for c in over:
+        assert c.text.endswith("</tool_call>") and not c.truncated and c.loss_mask[-1]
+
+
+@pytest.mark.slow
+def test_vllm_tool_call_episodes_continue_from_token_ids_and_match_the_trainer(vllm_llm, json_taught_dir, tiny_model_dir,
+                                                                               tokenizer, json_hf, demo):
+    """The session's vLLM engine with the JSON-taught weights pushed in (the originals pushed back after)."""
+    from grpo.runtime.models import load_weights
+    from grpo.runtime.rollout import VLLMRollout
+
+    engine = VLLMRollout.__new__(VLLMRollout)  # the shared engine, without building another
+    engine.llm, engine.tokenizer, engine._lora_request = vllm_llm, vllm_llm.get_tokenizer(), None
+    engine._gen_threads = engine._train_threads = torch.get_num_threads()
+    engine.push_weights(load_weights(str(json_taught_dir)))
+    try:
+        group, fmt = json_episodes(engine, tokenizer, demo, n=8, max_turns=2)
+        calls = 0
+        for c in group.completions:
+            check_json_episode_lines_up(group, c, tokenizer, fmt)
+            m = torch.tensor(c.loss_mask)
+            diff = (trainer_logprobs(json_hf.model, group.prompt_ids, c.token_ids) - torch.tensor(c.logprobs))[m]
+            assert diff.abs().max() < 1e-4
+            assert len(c.tool_calls) <= 2 and len(c.token_ids) <= 256
+            calls += len(c.tool_calls)
+        done = [c for c in group.completions if "\\boxed{42}" in c.text and len(c.tool_calls) == 2]
+        assert calls > 0 and done, [c.text for c in group.completions]
+        assert all(call["status"] == "ok" for call in done[0].tool_calls)
+        budget, _ = json_episodes(engine, tokenizer, demo, n=4, max_tokens=90)  # ends inside the first answer
+        for c in budget.completions:
+            assert len(c.token_ids) <= 90
+            check_json_episode_lines_up(budget, c, tokenizer, fmt)
+        assert any(c.truncated and not c.loss_mask[-1] for c in budget.completions)
     finally:
         engine.push_weights(load_weights(str(tiny_model_dir)))
         gc.collect()

@@ -19,3 +19,8 @@ def boom(text: str) -> str:
 
 def huge(text: str) -> str:
     return "y" * 5_000_000
+
+
+def add(a: int, b: int = 0) -> int:
+    """Add two integers."""
+    return a + b

@@ -1,5 +1,7 @@
-"""`grpo run configs/tiny_tool_arith.yaml`, scaled down, as a user launches it: SFT on demonstrations with python
-calls (tool outputs masked), GRPO on multi-turn tool episodes in the sandbox, evaluation with the same episodes."""
+"""`grpo run configs/tiny_tool_arith.yaml` (code_block calls) and `configs/tiny_tool_arith_json.yaml` (tool_call: JSON
+calls, answers rendered by the chat template), scaled down, as a user launches them: SFT on demonstrations with
+python calls (tool outputs masked), GRPO on multi-turn tool episodes in the sandbox, evaluation with the same
+episodes."""
 import json
 import subprocess
 import sys
@@ -13,7 +15,9 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.slow
-def test_scaled_down_tool_pipeline(tmp_path):
+@pytest.mark.parametrize("config, name", [("tiny_tool_arith.yaml", "tiny_tool_arith"),
+                                          ("tiny_tool_arith_json.yaml", "tiny_tool_arith_json")])
+def test_scaled_down_tool_pipeline(tmp_path, config, name):
     overrides = [
         f"output_dir={tmp_path / 'runs'}", f"model.tiny_dir={tmp_path / 'tiny'}",
         "data.tool_arithmetic.n_sft=2000", "data.tool_arithmetic.n_rl=200", "data.tool_arithmetic.n_eval=24",
@@ -22,11 +26,11 @@ def test_scaled_down_tool_pipeline(tmp_path):
         "grpo.eval_every=0", "grpo.save_every=0", "grpo.check_weight_sync=true",
         "rollout.kv_cache_gb=0.25", "eval.num_problems=24", "metrics.progress_bar=false",
     ]
-    cmd = [sys.executable, "-m", "grpo.cli", "run", str(REPO / "configs" / "tiny_tool_arith.yaml"), *overrides]
+    cmd = [sys.executable, "-m", "grpo.cli", "run", str(REPO / "configs" / config), *overrides]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=1200,
                           env={**env_without_rendezvous(), "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    run_dir = tmp_path / "runs" / "tiny_tool_arith"
+    run_dir = tmp_path / "runs" / name
     summary = json.loads((run_dir / "summary.json").read_text())
     assert list(summary["stages"]) == ["base", "sft", "grpo"]
     for stage in summary["stages"].values():

@@ -75,26 +75,27 @@ def test_async_grpo_raises_reward_with_exact_staleness_and_a_synced_engine(tmp_p
 def test_sigterm_then_relaunch_of_an_async_run_matches_the_uninterrupted_run(tmp_path, tiny_model_dir):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
-    extra = ["--nproc", "2", *ASYNC, "rollout.max_staleness=2"]
+    # 8 steps, the signal after step 1: batches come ready-made (two ahead), so a short run could finish first
+    extra = ["--nproc", "2", *ASYNC, "rollout.max_staleness=2", "grpo.steps=8"]
     run(cli("train", str(grpo_config(a, tiny_model_dir)), *extra), a)
     cmd = cli("train", str(grpo_config(b, tiny_model_dir)), *extra)
     proc = start(cmd, b)
     run_dir = b / "runs" / "faults"
-    wait_for_step(proc, run_dir, "grpo", 2)
+    wait_for_step(proc, run_dir, "grpo", 1)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:] + err[-5000:]
     stopped = re.search(r"grpo: stopped by SIGTERM .*after step (\d+) of grpo; checkpoint saved", out)
     assert stopped, out[-3000:] + err[-3000:]
     k = int(stopped.group(1))
-    assert 2 <= k < 6
+    assert 1 <= k < 8
 
     again = run(cmd, b)
     assert f"at step {k}" in again.stdout
     full = metrics(a / "runs" / "faults", "grpo")
     resumed = metrics(run_dir, "grpo")
     same_steps(resumed, full)
-    assert [r["async/staleness"] for r in resumed] == [r["async/staleness"] for r in full] == [0, 1, 2, 2, 2, 2]
+    assert [r["async/staleness"] for r in resumed] == [r["async/staleness"] for r in full] == [0, 1, 2, 2, 2, 2, 2, 2]
 
 
 def test_killing_the_inference_process_ends_the_run_naming_it(tmp_path, tiny_model_dir):
@@ -105,6 +106,7 @@ def test_killing_the_inference_process_ends_the_run_naming_it(tmp_path, tiny_mod
     t0 = time.monotonic()
     out, err = proc.communicate(timeout=180)
     took = time.monotonic() - t0
-    assert proc.returncode != 0 and took < 60, (proc.returncode, took, err[-3000:])
+    # the heartbeat names the dead process ~10 s after the kill (more on a loaded machine), far inside async_timeout_s
+    assert proc.returncode != 0 and took < 90, (proc.returncode, took, err[-3000:])
     assert "inference rank 0 (global 1)" in err and "heartbeat stopped" in err, err[-3000:]
     assert "Traceback" not in err, err[-5000:]

@@ -685,13 +685,10 @@ def _before_sft(cfg: RunConfig, model_override: str | None) -> bool:
 
 def doctor_command(cfg: RunConfig, source: str, model_path: str | None = None) -> int:
     """`grpo doctor`: exit status 1 when a check FAILs, 0 otherwise."""
-    from grpo.stages.pipeline import setup
-
-    import dataclasses
+    from grpo.stages.pipeline import in_one_process, setup
 
     t0 = time.perf_counter()
-    # One process: its own engine also for a config with rollout.mode: async
-    cfg = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, mode="colocated"))
+    cfg = in_one_process(cfg)
     ctx = setup(cfg, model_path)
     try:
         report = run_doctor(ctx, source, ctx.base_model_path, _before_sft(cfg, model_path))

@@ -61,25 +61,21 @@ def init_distributed(cfg: EngineConfig, rollout: RolloutConfig | None = None) ->
     import deepspeed
 
     role = os.environ.get("GRPO_ROLE", "train")
-    if not torch.distributed.is_initialized() and rollout is not None and rollout.mode == "async":
-        from grpo.runtime.inference import split_world
-
-        backend = cfg.dist_backend if cfg.dist_backend != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")
-        _forget_deepspeed_groups()
-        role = split_world(rollout, backend, cfg.collective_timeout_s).role
-        deepspeed.init_distributed(dist_backend=backend, verbose=False,
-                                   timeout=timedelta(seconds=cfg.collective_timeout_s))
     if not torch.distributed.is_initialized():
-        if "RANK" not in os.environ:
-            os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-                               "MASTER_ADDR": "127.0.0.1"})
-            os.environ.setdefault("MASTER_PORT", str(free_port()))
         backend = cfg.dist_backend
         if backend == "auto":
             backend = "nccl" if torch.cuda.is_available() else "gloo"
+        _forget_deepspeed_groups()
+        if rollout is not None and rollout.mode == "async":
+            from grpo.runtime.inference import split_world
+
+            role = split_world(rollout, backend, cfg.collective_timeout_s).role  # DeepSpeed below finds its group
+        elif "RANK" not in os.environ:
+            os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                               "MASTER_ADDR": "127.0.0.1"})
+            os.environ.setdefault("MASTER_PORT", str(free_port()))
         # Every collective gives up after collective_timeout_s (a dead or hung rank must not hang the others
         # forever); the heartbeat lets the rank that sees it fail name the silent one (grpo.runtime.faults).
-        _forget_deepspeed_groups()
         deepspeed.init_distributed(dist_backend=backend, verbose=False,
                                    timeout=timedelta(seconds=cfg.collective_timeout_s))
     # A process group started by someone else (vLLM's own executor, a user's script) leaves these unset, but

@@ -166,6 +166,12 @@ def stop_if_requested(stage: str, step: int, engine, save: Callable[[int], None]
 # Dead or hung ranks
 
 
+def heartbeat_key(rank: int) -> str:
+    """Where `rank`'s heartbeat counter lives in the rendezvous store (one namespace per launch attempt: an elastic
+    restart keeps the store)."""
+    return f"grpo/heartbeat/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{rank}"
+
+
 class Heartbeat:
     """A daemon thread that bumps this rank's counter in the rendezvous store every `interval` seconds, through its
     own store client. A rank whose counter stops moving is dead or hung (SIGSTOP, a C call holding the GIL)."""
@@ -177,8 +183,6 @@ class Heartbeat:
 
         self.rank, self.world, self.interval = rank, world, interval
         self.host, self.port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-        # one namespace per launch attempt (an elastic restart keeps the store)
-        self.prefix = f"grpo/heartbeat/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
         self.store = torch.distributed.TCPStore(self.host, self.port, is_master=False,
                                                 timeout=timedelta(seconds=max(5.0, 2 * interval)),
                                                 wait_for_workers=False)
@@ -190,7 +194,7 @@ class Heartbeat:
 
     def _beat(self) -> None:
         self._count += 1
-        self.store.set(f"{self.prefix}{self.rank}", str(self._count))
+        self.store.set(heartbeat_key(self.rank), str(self._count))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -201,7 +205,7 @@ class Heartbeat:
 
     def counters(self) -> dict[int, int | None]:
         out: dict[int, int | None] = {}
-        keys = [f"{self.prefix}{r}" for r in range(self.world)]
+        keys = [heartbeat_key(r) for r in range(self.world)]
         for r, k in enumerate(keys):
             out[r] = int(self.store.get(k)) if self.store.check([k]) else None
         return out

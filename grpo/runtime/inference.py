@@ -32,8 +32,10 @@ import torch
 
 from grpo.config import ConfigError, RolloutConfig
 from grpo.runtime import weight_transfer
+from grpo.runtime.distributed import device
 from grpo.runtime import faults
-from grpo.runtime.faults import HEARTBEAT_INTERVAL_S, PeerLost, install_stop_signals, local_stop_signal, start_heartbeat
+from grpo.runtime.faults import (HEARTBEAT_INTERVAL_S, PeerLost, heartbeat_key, install_stop_signals, local_stop_signal,
+                                 start_heartbeat)
 
 ROLE_ENV = "GRPO_ROLE"  # "train" | "inference", set for the whole process by split_world
 SILENT_AFTER_S = 4 * HEARTBEAT_INTERVAL_S  # a peer whose heartbeat did not move for this long is dead or hung
@@ -118,7 +120,7 @@ class Link:
         count, changed_at, checked_at = self.watches.get(peer, (None, now, 0.0))
         if now - checked_at < 1.0:
             return
-        key = f"grpo/heartbeat/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{peer}"
+        key = heartbeat_key(peer)
         latest = int(self.store.get(key)) if self.store.check([key]) else None
         if latest != count:
             count, changed_at = latest, now
@@ -250,15 +252,16 @@ class RemoteRollout:
             self._seq[s] += 1
 
     # jobs -------------------------------------------------------------------------------------
-    def submit(self, prompts, spec, seeds, rows=None) -> Job:
-        """Queue a generation (scored by the inference rank's verifiers when `rows` are given) under the current
-        weight version; returns at once."""
+    def _queue(self, kind: str, **fields) -> Job:
+        """Send a job to this rank's engine under the current weight version; returns at once."""
         self._jobs += 1
         job = Job(self.engine, self._jobs, self.version)
-        self._send(self.lk.roles.members(self.engine),
-                   {"kind": "job", "id": job.id, "version": job.version, "prompts": list(prompts), "spec": spec,
-                    "seeds": list(seeds), "rows": rows})
+        self._send(self.lk.roles.members(self.engine), {"kind": kind, "id": job.id, "version": job.version, **fields})
         return job
+
+    def submit(self, prompts, spec, seeds, rows=None) -> Job:
+        """Queue a generation (scored by the inference rank's verifiers when `rows` are given)."""
+        return self._queue("job", prompts=list(prompts), spec=spec, seeds=list(seeds), rows=rows)
 
     def collect(self, job: Job) -> dict:
         """The job's result: groups (and rewards, per_verifier, t_gen, t_ver), idle_s (how long the engine sat idle
@@ -277,12 +280,8 @@ class RemoteRollout:
         return self.collect(self.submit(prompts, spec, seeds))["groups"]
 
     def token_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
-        self._jobs += 1
-        job = Job(self.engine, self._jobs, self.version)
-        self._send(self.lk.roles.members(self.engine),
-                   {"kind": "logprobs", "id": job.id, "version": job.version, "prompt_ids": list(prompt_ids),
-                    "completion_ids": list(completion_ids)})
-        return self.collect(job)["logprobs"]
+        return self.collect(self._queue("logprobs", prompt_ids=list(prompt_ids),
+                                        completion_ids=list(completion_ids)))["logprobs"]
 
     # weights -----------------------------------------------------------------------------------
     def push_weights(self, named_weights) -> float:
@@ -293,8 +292,7 @@ class RemoteRollout:
         self.wait_for_transfer()
         r = self.lk.roles
         if r.rank == 0:
-            device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-            snap = weight_transfer.snapshot(list(named_weights), self.lk.cfg.weight_bucket_mb * 2**20, device)
+            snap = weight_transfer.snapshot(list(named_weights), self.lk.cfg.weight_bucket_mb * 2**20, device())
             self._send(list(range(r.servers)), {"kind": "push", "version": self.version + 1, "metas": snap.metas})
 
             def run() -> None:
@@ -363,8 +361,7 @@ def serve(lk: Link, rollout, score) -> None:
     `score(groups, rows)` -> (rewards per group, per-verifier rewards)."""
     r = lk.roles
     channels = [_Channel(lk, t) for t in range(r.trainers)]
-    leader = r.rank == r.members(r.rank // r.tensor_parallel)[0]  # writes the results of its engine
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    leader = r.rank % r.tensor_parallel == 0  # the first rank of its engine writes the results
     # seconds the engine sat with nothing it could run (waiting for weights or jobs), in all; every result carries
     # the running total, each training rank takes differences
     # SIGTERM/SIGINT (a preemption reaches every process of the launch): keep serving; the training processes finish
@@ -403,7 +400,7 @@ def serve(lk: Link, rollout, score) -> None:
             metas = heads[0]["metas"]
             t0 = time.perf_counter()
             idle_total += t0 - idle_since
-            named = weight_transfer.receive(lk.bridge, metas, lk.cfg.weight_bucket_mb * 2**20, device,
+            named = weight_transfer.receive(lk.bridge, metas, lk.cfg.weight_bucket_mb * 2**20, device(),
                                             lk.cfg.async_timeout_s)
             rollout.push_weights(named)
             transfer = {"seconds": time.perf_counter() - t0, "bytes": sum(m.nbytes for m in metas)}

@@ -209,25 +209,26 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
     depth = cfg.rollout.max_staleness if asynchronous else 0
     pending: dict[int, PendingRound] = dict(pending_state or {})  # batch index -> its first round
 
+    def round_inputs(r: PendingRound) -> tuple[list, list[int]]:
+        return [examples[i] for _, i in r.picks], [request_seed(cfg.seed, pos) for pos, _ in r.picks]
+
     def start_round(n: int, policy_step: int) -> PendingRound:
         r = PendingRound(stream.take(n), policy_step)
         if asynchronous:
-            batch_ex = [examples[i] for _, i in r.picks]
-            r.job = rollout.submit([e.prompt for e in batch_ex], spec, [request_seed(cfg.seed, pos) for pos, _ in r.picks],
-                                   rows=[e.row for e in batch_ex])
+            batch_ex, seeds = round_inputs(r)
+            r.job = rollout.submit([e.prompt for e in batch_ex], spec, seeds, rows=[e.row for e in batch_ex])
         return r
 
     def finish_round(r: PendingRound) -> dict:
         if r.result is not None:
             return r.result
-        batch_ex = [examples[i] for _, i in r.picks]
         t0 = time.perf_counter()
         if asynchronous:  # generated and scored by an inference process
             r.result = dict(rollout.collect(r.job), wait_s=time.perf_counter() - t0)
             r.job = None
             return r.result
-        groups = ctx.sampler.generate([e.prompt for e in batch_ex], spec,
-                                      [request_seed(cfg.seed, pos) for pos, _ in r.picks])
+        batch_ex, seeds = round_inputs(r)
+        groups = ctx.sampler.generate([e.prompt for e in batch_ex], spec, seeds)
         t1 = time.perf_counter()
         per_verifier: dict[str, list[float]] = {}
         rewards = score_groups(ctx.verifier, groups, [e.row for e in batch_ex], per_verifier)

@@ -177,13 +177,18 @@ def _apply_gate(cfg: RunConfig, summary: dict, stage: str, before_model: str, cu
     return before_model, accepted, accepted_name
 
 
+def in_one_process(cfg: RunConfig) -> RunConfig:
+    """`cfg` for a command that runs in one process with its own rollout engine (`grpo eval`, `grpo doctor`), also
+    when the run file says rollout.mode: async."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, mode="colocated"))
+
+
 def evaluate_only(cfg: RunConfig, model_path: str | None = None) -> dict:
     """Evaluate `model_path` (default: the config's model); the engine is built on it directly, in this process
     (also for a config with rollout.mode: async)."""
-    import dataclasses
-
-    cfg = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, mode="colocated"))
-    ctx = setup(cfg, model_path)
+    ctx = setup(in_one_process(cfg), model_path)
     try:
         result = _eval_model(ctx, None)
         if ctx.dist.is_main:

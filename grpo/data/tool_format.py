@@ -264,7 +264,10 @@ class ToolCallFormat:
         messages = list(self.head)
         for i, (text, outputs) in enumerate(turns):
             messages.append({"role": "assistant", "content": text + (self._mark if i == len(turns) - 1 else "")})
-            messages += [{"role": "tool", "content": output} for output in outputs]
+            # each answer names the tool its call asked for (Hermes-style templates require `name`; others ignore it)
+            names = [c.tool for c in self.find_calls(text)]
+            messages += [{"role": "tool", "name": names[j] if j < len(names) else "", "content": output}
+                         for j, output in enumerate(outputs)]
         full = self.render(messages, add_generation_prompt=True)
         cut = full.rfind(self._mark)
         if cut < 0:  # the template dropped this text (say, a rule on what it contains): render the turn alone
@@ -298,7 +301,8 @@ class ToolCallFormat:
             answer = self.response([(turn, ["4781"])])
             second = self.response([(turn, ["4781"]), (turn, ["5923"])])
             conversation = self.render(self.head + [{"role": "assistant", "content": turn + self._mark},
-                                                    {"role": "tool", "content": "4781"}], add_generation_prompt=True)
+                                                    {"role": "tool", "name": "python", "content": "4781"}],
+                                      add_generation_prompt=True)
         except Exception as exc:  # jinja errors, raise_exception() in the template, ...
             raise ValueError(f"rendering failed: {type(exc).__name__}: {str(exc)[:200]}") from None
         missing = [name for name in self.schemas if name not in prompt]

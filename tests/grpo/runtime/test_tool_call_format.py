@@ -207,3 +207,22 @@ def test_a_tokenizer_that_cannot_render_tools_stops_sft_with_the_key(tokenizer):
     plain.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     with pytest.raises(ConfigError, match="tools.format: tool_call needs a tokenizer whose chat template"):
         tokenize_demos(Dataset.from_dict({"prompt": ["q"], "solution": ["a"]}), cfg, plain, 128)
+
+
+def test_tool_answers_name_their_tool_for_templates_that_require_it():
+    """Hermes-style templates (vLLM ships one; Qwen2.5-style ones ignore the field) refuse a tool message without
+    `name` and print it. Each answer names the tool its call asked for, read from the model's own turn."""
+    strict = build_tokenizer()
+    strict.chat_template = (
+        "{% if tools %}<tools>{% for t in tools %}{{ t['function']['name'] }} {% endfor %}</tools>{% endif %}"
+        "{% for m in messages %}"
+        "{% if m['role'] == 'tool' %}{% if m['name'] is not defined %}{{ raise_exception('tool needs name') }}"
+        "{% endif %}[tool {{ m['name'] }}: {{ m['content'] }}]"
+        "{% else %}[{{ m['role'] }}: {{ m['content'] }}]{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}[assistant: {% endif %}")
+    strict_fmt = make_format(ToolsConfig(format="tool_call", functions={"add": "tool_plugins:add"}), strict, None)
+    strict_fmt.check()  # renders: no ConfigError
+    turn = "I will add.\n" + call("add", {"a": 2, "b": 3})
+    assert strict_fmt.response([(turn, ["5"])]) == "][tool add: 5][assistant: "
+    two = call("python", {"code": "print(1)"}) + call("add", {"a": 1})
+    assert strict_fmt.response([(two, ["1", "x"])]) == "][tool python: 1][tool add: x][assistant: "

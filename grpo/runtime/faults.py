@@ -18,6 +18,7 @@ classes without paying for torch).
 """
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import threading
@@ -218,7 +219,12 @@ class Heartbeat:
         return [r for r in range(self.world) if r != self.rank and (after[r] is None or after[r] == before[r])]
 
     def close(self) -> None:
+        """Stop and join the thread. Registered with atexit: a daemon thread still inside a store call when the
+        interpreter finalizes is ended by pthread_exit inside C++ code, which aborts the whole process ("terminate
+        called without an active exception", seen at the exit of finished multi-rank runs)."""
         self._stop.set()
+        if self.thread is not threading.current_thread():
+            self.thread.join(timeout=self.interval + max(5.0, 2 * self.interval))
 
 
 _heartbeat: Heartbeat | None = None
@@ -233,6 +239,8 @@ def start_heartbeat(rank: int, world: int, interval: float = HEARTBEAT_INTERVAL_
         _heartbeat = Heartbeat(rank, world, interval)
     except Exception:
         _heartbeat = None
+        return
+    atexit.register(_heartbeat.close)
 
 
 def is_peer_failure(exc: BaseException) -> bool:

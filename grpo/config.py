@@ -605,10 +605,6 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     if r.mode == "async":
         _check(r.inference_ranks % r.tensor_parallel_size == 0, source, "rollout.inference_ranks",
                f"must be a multiple of rollout.tensor_parallel_size={r.tensor_parallel_size}")
-        _check(not cfg.tools.enabled, source, "rollout.mode",
-               "'async' does not run tool episodes yet (tools.enabled); use 'colocated'")
-        _check(cfg.model.lora is None or cfg.model.lora.push != "adapter", source, "model.lora.push",
-               "'adapter' with rollout.mode: async is not supported; the merged weights are sent ('merged' or 'auto')")
 
     e = cfg.engine
     _one_of(e.zero_stage, (0, 1, 2, 3), source, "engine.zero_stage")

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
+import tempfile
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 
@@ -288,12 +291,28 @@ class RemoteRollout:
         """Every training rank calls this (ZeRO-3 gathers collectively). Rank 0 snapshots the weights into buckets
         and broadcasts them to the inference ranks in the background; the others only announce the new version.
         Returns the seconds this rank was held (the previous transfer still running, the snapshot)."""
+        return self._push(named_weights, adapter_config=None)
+
+    def push_adapter(self, adapter_dir) -> float:
+        """model.lora.push: adapter. Every training rank calls this after saving the adapter; rank 0 sends its tensors
+        and config (the engines may be on other nodes: no shared files), and the engines sample with the weights
+        they hold + this adapter from the next version on."""
+        from safetensors.torch import load_file
+
+        named, config = [], None
+        if self.lk.roles.rank == 0:
+            named = sorted(load_file(str(Path(adapter_dir) / "adapter_model.safetensors")).items())
+            config = (Path(adapter_dir) / "adapter_config.json").read_text()
+        return self._push(named, adapter_config=config)
+
+    def _push(self, named_weights, adapter_config: str | None) -> float:
         t0 = time.perf_counter()
         self.wait_for_transfer()
         r = self.lk.roles
         if r.rank == 0:
             snap = weight_transfer.snapshot(list(named_weights), self.lk.cfg.weight_bucket_mb * 2**20, device())
-            self._send(list(range(r.servers)), {"kind": "push", "version": self.version + 1, "metas": snap.metas})
+            self._send(list(range(r.servers)), {"kind": "push", "version": self.version + 1, "metas": snap.metas,
+                                                "adapter": adapter_config})
 
             def run() -> None:
                 try:
@@ -355,10 +374,18 @@ class _Channel:
         return head
 
 
-def serve(lk: Link, rollout, score) -> None:
+def serve(lk: Link, rollout, score, sampler=None) -> None:
     """An inference rank's loop until training rank 0 says stop: run each training rank's jobs in order under the
     weight version they name; apply version v + 1 (received from the bridge) once every channel has reached it.
-    `score(groups, rows)` -> (rewards per group, per-verifier rewards)."""
+    `score(groups, rows)` -> (rewards per group, per-verifier rewards). `sampler` (default: `rollout`) generates:
+    with tools, the multi-turn tool rollout driving `rollout`; weights always go into `rollout`."""
+    try:
+        _serve(lk, rollout, score, sampler or rollout)
+    finally:
+        shutil.rmtree(_adapter_root(lk), ignore_errors=True)
+
+
+def _serve(lk: Link, rollout, score, sampler) -> None:
     r = lk.roles
     channels = [_Channel(lk, t) for t in range(r.trainers)]
     leader = r.rank % r.tensor_parallel == 0  # the first rank of its engine writes the results
@@ -388,7 +415,7 @@ def serve(lk: Link, rollout, score) -> None:
                     raise RuntimeError(f"inference rank {r.rank}: job {head['id']} of training rank {ch.trainer} "
                                        f"asks for weight version {head['version']}, the engine holds {version}")
                 idle_total += time.perf_counter() - idle_since
-                result = _run(head, rollout, score)
+                result = _run(head, rollout, sampler, score)
                 result.update(version=version, transfer=transfer, idle_total=idle_total)
                 if leader:
                     lk.put(f"res/{ch.trainer}/{head['id']}", result)
@@ -402,7 +429,10 @@ def serve(lk: Link, rollout, score) -> None:
             idle_total += t0 - idle_since
             named = weight_transfer.receive(lk.bridge, metas, lk.cfg.weight_bucket_mb * 2**20, device(),
                                             lk.cfg.async_timeout_s)
-            rollout.push_weights(named)
+            if heads[0].get("adapter") is None:
+                rollout.push_weights(named)
+            else:  # the adapter alone, on top of the weights the engine holds
+                rollout.push_adapter(_write_adapter(lk, named, heads[0]["adapter"], version + 1))
             transfer = {"seconds": time.perf_counter() - t0, "bytes": sum(m.nbytes for m in metas)}
             idle_since = time.perf_counter()
             for ch in channels:
@@ -420,15 +450,36 @@ def serve(lk: Link, rollout, score) -> None:
         time.sleep(0.002)
 
 
-def _run(job: dict, rollout, score) -> dict:
+def _adapter_root(lk: Link) -> Path:
+    return Path(tempfile.gettempdir()) / f"grpo_adapter_inference{lk.roles.global_rank}_{os.getpid()}"
+
+
+def _write_adapter(lk: Link, named: list[tuple[str, torch.Tensor]], config: str, version: int) -> Path:
+    """A received adapter as vLLM loads it: a peft directory of this engine's own (the previous one is removed:
+    vLLM has loaded it, and every push gets a new LoRA id)."""
+    from safetensors.torch import save_file
+
+    root = _adapter_root(lk)
+    out = root / f"v{version}"
+    out.mkdir(parents=True, exist_ok=True)
+    # the received tensors are views into one bucket buffer; safetensors wants separate storage
+    save_file({name: t.detach().cpu().clone() for name, t in named}, str(out / "adapter_model.safetensors"))
+    (out / "adapter_config.json").write_text(config)
+    for old in root.iterdir():
+        if old != out:
+            shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def _run(job: dict, rollout, sampler, score) -> dict:
     """One job; an exception becomes an error result (the training rank raises it), so the server keeps serving."""
     try:
         if job["kind"] == "logprobs":
             return {"logprobs": rollout.token_logprobs(job["prompt_ids"], job["completion_ids"])}
-        t0 = time.perf_counter()
-        groups = rollout.generate(job["prompts"], job["spec"], job["seeds"])
+        t0, tools0 = time.perf_counter(), getattr(sampler, "tool_seconds", 0.0)
+        groups = sampler.generate(job["prompts"], job["spec"], job["seeds"])
         t1 = time.perf_counter()
-        out = {"groups": groups, "t_gen": t1 - t0}
+        out = {"groups": groups, "t_gen": t1 - t0, "t_tools": getattr(sampler, "tool_seconds", 0.0) - tools0}
         if job["rows"] is not None:
             out["rewards"], out["per_verifier"] = score(groups, job["rows"])
             out["t_ver"] = time.perf_counter() - t1

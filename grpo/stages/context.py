@@ -87,8 +87,9 @@ class StageContext:
     @property
     def sampler(self):
         """What GRPO and evaluation sample episodes with: the rollout engine itself, or with `tools.enabled` the
-        multi-turn tool rollout driving it (same `generate`; weights are still pushed into `rollout`)."""
-        if not self.cfg.tools.enabled:
+        multi-turn tool rollout driving it (same `generate`; weights are still pushed into `rollout`). A training
+        process of rollout.mode: async samples through the inference processes, which run the tool episodes."""
+        if not self.cfg.tools.enabled or (self.cfg.rollout.mode == "async" and self.dist.role == "train"):
             return self.rollout
         if self._sampler is None:
             from grpo.runtime.tool_rollout import ToolRollout

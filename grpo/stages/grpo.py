@@ -228,12 +228,13 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
             r.job = None
             return r.result
         batch_ex, seeds = round_inputs(r)
+        tools0 = getattr(ctx.sampler, "tool_seconds", 0.0)
         groups = ctx.sampler.generate([e.prompt for e in batch_ex], spec, seeds)
         t1 = time.perf_counter()
         per_verifier: dict[str, list[float]] = {}
         rewards = score_groups(ctx.verifier, groups, [e.row for e in batch_ex], per_verifier)
         r.result = {"groups": groups, "rewards": rewards, "per_verifier": per_verifier, "t_gen": t1 - t0,
-                    "t_ver": time.perf_counter() - t1}
+                    "t_ver": time.perf_counter() - t1, "t_tools": getattr(ctx.sampler, "tool_seconds", 0.0) - tools0}
         return r.result
 
     def save(step: int) -> None:
@@ -256,11 +257,10 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
         kept: list[tuple[Group, list[float]]] = []
         dropped: list[tuple[Group, list[float]]] = []
         per_verifier: dict[str, list[float]] = {}
-        rounds, t_gen, t_ver, all_rewards, flat_groups = 0, 0.0, 0.0, [], 0
+        rounds, t_gen, t_ver, t_tools, all_rewards, flat_groups = 0, 0.0, 0.0, 0.0, [], 0
         waited, generator_idle = 0.0, 0.0
         staleness = step - pending[step].policy_step
         sampled = []  # every completion of the step (tool metrics)
-        tool_s0 = getattr(ctx.sampler, "tool_seconds", 0.0)
         while len(kept) < P and rounds < (g.max_sampling_rounds if g.dynamic_sampling else 1):
             # the batch's prefetched first round, then refills from the current policy
             out = finish_round(pending.pop(step) if rounds == 0 else start_round(P - len(kept), policy_step=step))
@@ -272,7 +272,7 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
                 rewards = [[r - cfg.tools.call_cost * len(c.tool_calls or []) for r, c in zip(rw, grp.completions)]
                            for rw, grp in zip(rewards, groups)]
             sampled.extend(c for grp in groups for c in grp.completions)
-            t_gen, t_ver = t_gen + out["t_gen"], t_ver + out["t_ver"]
+            t_gen, t_ver, t_tools = t_gen + out["t_gen"], t_ver + out["t_ver"], t_tools + out.get("t_tools", 0.0)
             for grp, rw in zip(groups, rewards):
                 all_rewards.extend(rw)
                 flat_groups += max(rw) == min(rw)
@@ -389,7 +389,7 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
         local.update(ctx.verifier.metrics())  # cumulative verifier errors/timeouts
         if cfg.tools.enabled:
             local.update(tool_metrics(sampled))
-            local["timing/tools"] = getattr(ctx.sampler, "tool_seconds", 0.0) - tool_s0  # part of timing/generation
+            local["timing/tools"] = t_tools  # part of timing/generation
         record = all_reduce_mean(local)
         record["timing/weight_push"] = push_s
         if asynchronous and dist.is_main:

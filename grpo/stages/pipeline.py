@@ -81,7 +81,10 @@ def run(cfg: RunConfig, stages: list[str] | None = None, preflight=None) -> dict
     if ctx.dist.role == "inference":  # rollout.mode: async: this process serves the training processes' rollouts
         from grpo.stages.serving import serve_rollouts
 
-        serve_rollouts(ctx)
+        try:
+            serve_rollouts(ctx)
+        finally:
+            ctx.close()  # verifier workers, tool sandboxes
         return {}
     summary_path = ctx.run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() and cfg.resume == "auto" else {}

@@ -28,4 +28,4 @@ def serve_rollouts(ctx: StageContext) -> None:
         per_verifier: dict[str, list[float]] = {}
         return score_groups(ctx.verifier, groups, rows, per_verifier), per_verifier
 
-    serve(link(), ctx.rollout, score)
+    serve(link(), ctx.rollout, score, sampler=ctx.sampler)  # with tools, the engine runs the episodes

@@ -101,3 +101,14 @@ def test_an_unloadable_verifier_plugin_is_one_line_and_exit_2(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("grpo: config error: verifiers[0].name:") and "no_such_module" in lines[0]
+
+
+def test_async_without_a_launch_of_several_processes_is_one_line_and_exit_2(tmp_path):
+    cmd = [sys.executable, "-m", "grpo.cli", "train", "configs/tiny_arith.yaml", "rollout.mode=async",
+           f"output_dir={tmp_path / 'runs'}", f"model.tiny_dir={tmp_path / 'tiny'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120, env=env_without_rendezvous())
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "grpo: config error: rollout.mode: async needs a launch of more than rollout.inference_ranks=1 processes: "
+        "add --nproc 2 (or more), or launch with torchrun")

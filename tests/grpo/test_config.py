@@ -118,3 +118,29 @@ def test_sixteen_bit_weights_train_only_with_bf16_master_weights(capsys):
     out = capsys.readouterr()
     assert "model.dtype" in out.out + out.err and "fp32 master weights" in out.out + out.err
     assert main(["check", "configs/tiny_arith.yaml", "model.dtype=bfloat16", "engine.precision=bf16"]) == 0
+
+
+@pytest.mark.parametrize("override, key", [
+    ("rollout.mode=offline", "rollout.mode"),
+    ("rollout.max_staleness=-1", "rollout.max_staleness"),
+    ("rollout.inference_ranks=0", "rollout.inference_ranks"),
+    ("rollout.async_timeout_s=0", "rollout.async_timeout_s"),
+    ("rollout.weight_bucket_mb=0", "rollout.weight_bucket_mb"),
+])
+def test_async_rollout_settings_are_checked_by_key(override, key):
+    with pytest.raises(ConfigError, match=rf"key '{key}'"):
+        load_config("configs/tiny_arith.yaml", ["rollout.mode=async", override])
+
+
+def test_async_inference_ranks_must_fill_whole_tensor_parallel_engines():
+    with pytest.raises(ConfigError, match=r"rollout.inference_ranks.*multiple of rollout.tensor_parallel_size=2"):
+        load_config("configs/tiny_arith.yaml", ["rollout.mode=async", "rollout.inference_ranks=3",
+                                                "rollout.tensor_parallel_size=2"])
+
+
+def test_async_takes_tool_episodes_and_adapter_pushes():
+    """Both run in the inference processes (tests/grpo/stages/test_tool_pipeline.py, test_async.py)."""
+    cfg = load_config("configs/tiny_tool_arith.yaml", ["rollout.mode=async"])
+    assert cfg.tools.enabled and cfg.rollout.mode == "async"
+    cfg = load_config("configs/tiny_arith.yaml", ["rollout.mode=async", "model.lora={rank: 8, push: adapter}"])
+    assert cfg.model.lora.push == "adapter"

@@ -1,7 +1,8 @@
 """`grpo run configs/tiny_tool_arith.yaml` (code_block calls) and `configs/tiny_tool_arith_json.yaml` (tool_call: JSON
 calls, answers rendered by the chat template), scaled down, as a user launches them: SFT on demonstrations with
 python calls (tool outputs masked), GRPO on multi-turn tool episodes in the sandbox, evaluation with the same
-episodes."""
+episodes. Once more with `--nproc 2 rollout.mode=async`: the inference process runs the episodes and the
+evaluations, the training process SFT and GRPO."""
 import json
 import subprocess
 import sys
@@ -15,9 +16,12 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config, name", [("tiny_tool_arith.yaml", "tiny_tool_arith"),
-                                          ("tiny_tool_arith_json.yaml", "tiny_tool_arith_json")])
-def test_scaled_down_tool_pipeline(tmp_path, config, name):
+@pytest.mark.parametrize("config, name, launch", [
+    ("tiny_tool_arith.yaml", "tiny_tool_arith", []),
+    ("tiny_tool_arith_json.yaml", "tiny_tool_arith_json", []),
+    ("tiny_tool_arith.yaml", "tiny_tool_arith", ["--nproc", "2", "rollout.mode=async", "rollout.inference_ranks=1"]),
+], ids=["code_block", "tool_call", "code_block-async"])
+def test_scaled_down_tool_pipeline(tmp_path, config, name, launch):
     overrides = [
         f"output_dir={tmp_path / 'runs'}", f"model.tiny_dir={tmp_path / 'tiny'}",
         "data.tool_arithmetic.n_sft=2000", "data.tool_arithmetic.n_rl=200", "data.tool_arithmetic.n_eval=24",
@@ -26,7 +30,7 @@ def test_scaled_down_tool_pipeline(tmp_path, config, name):
         "grpo.eval_every=0", "grpo.save_every=0", "grpo.check_weight_sync=true",
         "rollout.kv_cache_gb=0.25", "eval.num_problems=24", "metrics.progress_bar=false",
     ]
-    cmd = [sys.executable, "-m", "grpo.cli", "run", str(REPO / "configs" / config), *overrides]
+    cmd = [sys.executable, "-m", "grpo.cli", "run", str(REPO / "configs" / config), *overrides, *launch]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=1200,
                           env={**env_without_rendezvous(), "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
@@ -44,3 +48,6 @@ def test_scaled_down_tool_pipeline(tmp_path, config, name):
             assert key in r, key
         # the engine samples from the trained policy; the trainer's logprobs match on the episode's tokens
         assert r["sync/max_logprob_diff"] < 1e-3
+        assert r["tools/calls_per_episode"] > 0 and r["timing/tools"] > 0, r  # the SFT model calls the tool
+    if launch:
+        assert [r["async/staleness"] for r in grpo_rows] == [0, 1]

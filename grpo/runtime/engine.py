@@ -52,6 +52,52 @@ def _forget_deepspeed_groups() -> None:
             getattr(groups, name).clear()
 
 
+# DeepSpeed compiles its CPU communication op (shm_comm) on first use, under torch's build lock: a file whose mere
+# existence makes every later process wait, forever and silently. A process killed mid-build leaves it behind.
+SHM_OP = "deepspeed_shm_comm"
+STALE_BUILD_LOCK_S = 300.0  # the build takes about a minute on 2 cores
+
+
+def _extension_build_dir(name: str) -> Path | None:
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        return Path(_get_build_directory(name, verbose=False))
+    except Exception:  # a private torch helper: without it torch's own wait applies
+        return None
+
+
+def wait_for_extension_build(name: str = SHM_OP, stale_after_s: float = STALE_BUILD_LOCK_S,
+                             poll_s: float = 1.0, say=print) -> str | None:
+    """Before DeepSpeed builds or loads `name`: wait while another process holds the build lock, and remove a lock
+    older than `stale_after_s` (left by a killed build), saying so. Returns what happened ("waited" / "removed")."""
+    build_dir = _extension_build_dir(name)
+    if build_dir is None:
+        return None
+    lock, waited, told = build_dir / "lock", None, False
+    while True:
+        try:
+            stat = lock.stat()
+        except FileNotFoundError:
+            return waited
+        age = time.time() - stat.st_mtime
+        if age > stale_after_s:
+            with contextlib.suppress(FileNotFoundError):  # another process of the launch may remove it first
+                seen = lock.stat()
+                if (seen.st_ino, seen.st_mtime) == (stat.st_ino, stat.st_mtime):  # not a new build's lock meanwhile
+                    lock.unlink()
+                    say(f"[engine] removed a stale build lock left by a killed process ({lock}, {age:.0f} s old)",
+                        flush=True)
+                    return "removed"
+            continue
+        if not told and age > 30:
+            say(f"[engine] waiting for another process to finish building {name} (lock {lock}, {age:.0f} s old; "
+                f"removed as stale after {stale_after_s:.0f} s)", flush=True)
+            told = True
+        waited = "waited"
+        time.sleep(poll_s)
+
+
 def init_distributed(cfg: EngineConfig, rollout: RolloutConfig | None = None) -> DistInfo:
     """Initialise torch.distributed once, also for a single process (vLLM's external_launcher
     executor and DeepSpeed both expect a process group). Launchers (torchrun, deepspeed) set the
@@ -74,6 +120,8 @@ def init_distributed(cfg: EngineConfig, rollout: RolloutConfig | None = None) ->
             os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
                                "MASTER_ADDR": "127.0.0.1"})
             os.environ.setdefault("MASTER_PORT", str(free_port()))
+        if not torch.cuda.is_available():
+            wait_for_extension_build()
         # Every collective gives up after collective_timeout_s (a dead or hung rank must not hang the others
         # forever); the heartbeat lets the rank that sees it fail name the silent one (grpo.runtime.faults).
         deepspeed.init_distributed(dist_backend=backend, verbose=False,

@@ -282,3 +282,36 @@ def test_a_process_exits_cleanly_while_its_heartbeat_is_inside_a_store_call():
                           cwd=Path(__file__).resolve().parents[3])
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     assert "terminate called" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# DeepSpeed's CPU op build lock (a killed build left it behind and every later run waited forever, silently)
+
+
+def test_a_stale_extension_build_lock_is_removed_with_a_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    build_dir = engine_module._extension_build_dir("some_op")
+    assert build_dir is not None and str(build_dir).startswith(str(tmp_path))
+    lock = build_dir / "lock"
+    lines = []
+    assert engine_module.wait_for_extension_build("some_op", say=lambda *a, **k: lines.append(a[0])) is None
+    lock.touch()
+    os.utime(lock, (time.time() - 400, time.time() - 400))
+    assert engine_module.wait_for_extension_build("some_op", stale_after_s=300,
+                                                  say=lambda *a, **k: lines.append(a[0])) == "removed"
+    assert not lock.exists() and len(lines) == 1 and "stale build lock" in lines[0] and str(lock) in lines[0]
+
+
+def test_a_live_extension_build_lock_is_waited_for_and_left_to_its_owner(tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    lock = engine_module._extension_build_dir("some_op") / "lock"
+    lock.touch()
+    owner = threading.Timer(0.3, lock.unlink)  # the building process finishes
+    owner.start()
+    t0 = time.monotonic()
+    assert engine_module.wait_for_extension_build("some_op", stale_after_s=300, poll_s=0.05,
+                                                  say=lambda *a, **k: None) == "waited"
+    assert time.monotonic() - t0 >= 0.25
+    owner.join()

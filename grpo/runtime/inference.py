@@ -177,6 +177,10 @@ def split_world(cfg: RolloutConfig, backend: str, timeout_s: float) -> Roles:
                           f"launch with --nproc {servers + 1} or more")
     roles = Roles("train" if rank < world - servers else "inference", rank, world - servers, servers,
                   cfg.tensor_parallel_size)
+    if rank == 0 and roles.trainers < roles.engines:  # training rank t sends its jobs to engine t % engines
+        print(f"[async] {roles.engines} engines for {roles.trainers} training process(es): engines "
+              f"{roles.trainers}..{roles.engines - 1} get no batches; launch at least as many training processes as "
+              "engines", flush=True)
     start_heartbeat(rank, world)  # before the renumbering: heartbeats keep the global numbering
     store = _connect_store(timeout_s)
     ns = _namespace()

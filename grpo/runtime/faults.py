@@ -183,9 +183,10 @@ class Heartbeat:
         import torch
 
         self.rank, self.world, self.interval = rank, world, interval
+        self.store_timeout_s = max(5.0, 2 * interval)  # what one beat may take at most
         self.host, self.port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
         self.store = torch.distributed.TCPStore(self.host, self.port, is_master=False,
-                                                timeout=timedelta(seconds=max(5.0, 2 * interval)),
+                                                timeout=timedelta(seconds=self.store_timeout_s),
                                                 wait_for_workers=False)
         self._count = 0
         self._stop = threading.Event()
@@ -224,7 +225,7 @@ class Heartbeat:
         called without an active exception", seen at the exit of finished multi-rank runs)."""
         self._stop.set()
         if self.thread is not threading.current_thread():
-            self.thread.join(timeout=self.interval + max(5.0, 2 * self.interval))
+            self.thread.join(timeout=self.interval + self.store_timeout_s)
 
 
 _heartbeat: Heartbeat | None = None

@@ -36,6 +36,7 @@ import torch
 from grpo.config import ConfigError, RolloutConfig
 from grpo.runtime import weight_transfer
 from grpo.runtime.distributed import device
+from grpo.runtime.tool_rollout import generate_timed
 from grpo.runtime import faults
 from grpo.runtime.faults import (HEARTBEAT_INTERVAL_S, PeerLost, heartbeat_key, install_stop_signals, local_stop_signal,
                                  start_heartbeat)
@@ -480,10 +481,10 @@ def _run(job: dict, rollout, sampler, score) -> dict:
     try:
         if job["kind"] == "logprobs":
             return {"logprobs": rollout.token_logprobs(job["prompt_ids"], job["completion_ids"])}
-        t0, tools0 = time.perf_counter(), getattr(sampler, "tool_seconds", 0.0)
-        groups = sampler.generate(job["prompts"], job["spec"], job["seeds"])
+        t0 = time.perf_counter()
+        groups, t_tools = generate_timed(sampler, job["prompts"], job["spec"], job["seeds"])
         t1 = time.perf_counter()
-        out = {"groups": groups, "t_gen": t1 - t0, "t_tools": getattr(sampler, "tool_seconds", 0.0) - tools0}
+        out = {"groups": groups, "t_gen": t1 - t0, "t_tools": t_tools}
         if job["rows"] is not None:
             out["rewards"], out["per_verifier"] = score(groups, job["rows"])
             out["t_ver"] = time.perf_counter() - t1

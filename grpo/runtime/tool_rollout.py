@@ -132,6 +132,14 @@ class ToolRollout:
         self.runner.close()
 
 
+def generate_timed(sampler, prompts: Sequence[str], spec: SamplingSpec,
+                   seeds: Sequence[int]) -> tuple[list[Group], float]:
+    """`sampler.generate`, and the seconds of it spent waiting for tools (0 for a plain rollout engine)."""
+    before = getattr(sampler, "tool_seconds", 0.0)
+    groups = sampler.generate(prompts, spec, seeds)
+    return groups, getattr(sampler, "tool_seconds", 0.0) - before
+
+
 def model_turns(mask: Sequence[bool]) -> int:
     """Model segments in an episode (runs of True in its loss mask)."""
     return sum(1 for i, m in enumerate(mask) if m and (i == 0 or not mask[i - 1]))

@@ -30,7 +30,7 @@ from grpo.runtime.attention import attention_cost_ratio, uses_varlen_attention
 from grpo.runtime.lora import resolve_push, saves_merged
 from grpo.runtime.models import load_model
 from grpo.runtime.rollout import Group, SamplingSpec, WeightSyncError
-from grpo.runtime.tool_rollout import tool_metrics
+from grpo.runtime.tool_rollout import generate_timed, tool_metrics
 from grpo.stages.context import StageContext
 from grpo.stages.reference import live_reference
 from grpo.stages.evaluation import run_eval
@@ -228,13 +228,12 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
             r.job = None
             return r.result
         batch_ex, seeds = round_inputs(r)
-        tools0 = getattr(ctx.sampler, "tool_seconds", 0.0)
-        groups = ctx.sampler.generate([e.prompt for e in batch_ex], spec, seeds)
+        groups, t_tools = generate_timed(ctx.sampler, [e.prompt for e in batch_ex], spec, seeds)
         t1 = time.perf_counter()
         per_verifier: dict[str, list[float]] = {}
         rewards = score_groups(ctx.verifier, groups, [e.row for e in batch_ex], per_verifier)
         r.result = {"groups": groups, "rewards": rewards, "per_verifier": per_verifier, "t_gen": t1 - t0,
-                    "t_ver": time.perf_counter() - t1, "t_tools": getattr(ctx.sampler, "tool_seconds", 0.0) - tools0}
+                    "t_ver": time.perf_counter() - t1, "t_tools": t_tools}
         return r.result
 
     def save(step: int) -> None:

@@ -3,6 +3,7 @@ used to predict a GPU node (README: Asynchronous rollouts).
 
     python bench/async_model.py                                   # reads artifacts/bench_async (run the bench first)
     python bench/async_model.py --bench-dir DIR --gpus 8 --inference-gpus 2
+    python bench/async_model.py --gpu-costs FILE                  # another bench/gpu_costs.py measurement
 
 The model. Generating a batch whose completions have lengths L_i on one engine takes
     gen(L) = a * max(L) + c * sum(L)
@@ -109,8 +110,8 @@ def reasoning_lengths(n: int, rng: random.Random, median: float = 1500, sigma: f
     return [min(max_tokens, max(1, int(rng.lognormvariate(math.log(median), sigma)))) for _ in range(n)]
 
 
-# One 8-GPU H100 node, Qwen2.5-7B in bf16. Not measured here (no GPU was lent to this task): figures derived from
-# public specifications, each stated so it can be replaced by a measurement.
+# One 8-GPU H100 node, Qwen2.5-7B in bf16: first the figures derived from public specifications (before a GPU was
+# lent), then `measured_gpu_costs` replaces what bench/gpu_costs.py measured on one H100 (bench/gpu_costs_h100.json).
 GPU_7B = Costs(
     a=0.0045,  # a decode step reads the 15 GB of weights once: 15 GB / 3.35 TB/s HBM = 4.5 ms
     c=0.00002,  # per running sequence: 2 x 7.6e9 FLOPs at ~40% of 989 TFLOP/s (0.04 ms) halved for batching gains
@@ -120,16 +121,29 @@ GPU_7B = Costs(
 GPU_TRANSFER_S = 1.0  # async: 15 GB broadcast over NVLink (~0.1 s) + vLLM reload (~1 s, the colocated push as well)
 
 
-def predict_gpu(gpus: int, inference: int, prompts: int, group: int, seed: int = 0) -> dict:
+MEASURED_GPU_COSTS = ROOT / "bench" / "gpu_costs_h100.json"
+
+
+def measured_gpu_costs(path: Path) -> Costs:
+    """GPU_7B with what bench/gpu_costs.py measured on one GPU: a and c from the decode step's kernel time (the
+    GPU's own time, which vLLM's CUDA-graph replay approaches; transformers' eager loop is bound by the CPU
+    launching kernels, which vLLM avoids), u from the update + reference pass. u0 stays assumed: its optimizer
+    part measured 15 ms, the rest is ZeRO's gathers between GPUs, which one GPU cannot show."""
+    m = json.loads(path.read_text())
+    return Costs(a=m["decode"]["a_kernels_s"], c=m["decode"]["c_kernels_s"], u0=GPU_7B.u0,
+                 u=m["training"]["u_per_token_s"])
+
+
+def predict_gpu(gpus: int, inference: int, prompts: int, group: int, seed: int = 0, costs: Costs = GPU_7B) -> dict:
     rng = random.Random(seed)
     lengths = reasoning_lengths(prompts * group, rng)
     tokens = sum(lengths)
     per_device = [lengths[i::gpus] for i in range(gpus)]
     per_engine = [lengths[i::inference] for i in range(inference)]
-    colo = max(gen_time(GPU_7B, max(d), sum(d)) for d in per_device) + GPU_7B.u0 + GPU_7B.u * tokens / gpus \
+    colo = max(gen_time(costs, max(d), sum(d)) for d in per_device) + costs.u0 + costs.u * tokens / gpus \
         + GPU_TRANSFER_S
-    gen = max(gen_time(GPU_7B, max(e), sum(e)) for e in per_engine) + GPU_TRANSFER_S
-    train = GPU_7B.u0 + GPU_7B.u * tokens / (gpus - inference)
+    gen = max(gen_time(costs, max(e), sum(e)) for e in per_engine) + GPU_TRANSFER_S
+    train = costs.u0 + costs.u * tokens / (gpus - inference)
     lengths.sort()
     return {"lengths": {"mean": statistics.mean(lengths), "p50": lengths[len(lengths) // 2],
                         "p90": lengths[int(0.9 * len(lengths))], "max": lengths[-1]},
@@ -143,6 +157,7 @@ def main() -> None:
     ap.add_argument("--inference-gpus", type=int, default=None, help="default: the best split, printed")
     ap.add_argument("--prompts", type=int, default=256)
     ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--gpu-costs", default=str(MEASURED_GPU_COSTS), help="bench/gpu_costs.py's JSON output")
     args = ap.parse_args()
 
     bench_dir = Path(args.bench_dir)
@@ -156,15 +171,24 @@ def main() -> None:
     else:
         print(f"no bench runs in {bench_dir}: run bench/async_rollout.py first for the CPU check")
 
-    print(f"\nprediction, {args.gpus} GPUs, Qwen2.5-7B bf16 (assumed costs, see GPU_7B), {args.prompts} prompts x "
-          f"{args.group}, lognormal reasoning lengths:")
+    variants = [("assumed costs, see GPU_7B", GPU_7B)]
+    if Path(args.gpu_costs).exists():
+        measured = measured_gpu_costs(Path(args.gpu_costs))
+        device = json.loads(Path(args.gpu_costs).read_text())["device"]
+        variants.append((f"costs measured on one {device} by bench/gpu_costs.py: a = {measured.a * 1e3:.2f} ms, "
+                         f"c = {measured.c * 1e6:.1f} us, u = {measured.u * 1e6:.0f} us/token; u0 and the transfer "
+                         "assumed", measured))
     splits = [args.inference_gpus] if args.inference_gpus else list(range(1, args.gpus))
-    print("| inference GPUs | colocated step (s) | async step (s) | async generation / training (s) | speed-up |")
-    print("|---|---|---|---|---|")
-    for i in splits:
-        r = predict_gpu(args.gpus, i, args.prompts, args.group)
-        print(f"| {i} of {args.gpus} | {r['colocated_s']:.1f} | {r['async_s']:.1f} | {r['async_generation_s']:.1f} / "
-              f"{r['async_training_s']:.1f} | {r['colocated_s'] / r['async_s']:.2f}x |")
+    for label, costs in variants:
+        print(f"\nprediction, {args.gpus} GPUs, Qwen2.5-7B bf16 ({label}), {args.prompts} prompts x {args.group}, "
+              "lognormal reasoning lengths:")
+        print("| inference GPUs | colocated step (s) | async step (s) | async generation / training (s) | speed-up |")
+        print("|---|---|---|---|---|")
+        for i in splits:
+            r = predict_gpu(args.gpus, i, args.prompts, args.group, costs=costs)
+            print(f"| {i} of {args.gpus} | {r['colocated_s']:.1f} | {r['async_s']:.1f} | "
+                  f"{r['async_generation_s']:.1f} / {r['async_training_s']:.1f} | "
+                  f"{r['colocated_s'] / r['async_s']:.2f}x |")
     print(f"lengths: {r['lengths']}")
 
 

@@ -65,11 +65,13 @@ def unpack(flat: torch.Tensor, metas: list[TensorMeta]) -> list[tuple[str, torch
     return out
 
 
-def _broadcast(group, tensor: torch.Tensor, timeout_s: float) -> None:
+def _broadcast(group, tensor: torch.Tensor, timeout_s: float):
     opts = torch.distributed.BroadcastOptions()
     opts.rootRank = 0
     opts.timeout = timedelta(seconds=timeout_s)
-    group.broadcast([tensor], opts).wait()
+    work = group.broadcast([tensor], opts)
+    work.wait()
+    return work
 
 
 @dataclass
@@ -94,8 +96,18 @@ def snapshot(named: list[tuple[str, torch.Tensor]], bucket_bytes: int, device: t
 def send(group, snap: Snapshot, timeout_s: float) -> float:
     """Broadcast every bucket from this rank (the group's rank 0); returns seconds."""
     t0 = time.perf_counter()
+    work = None
     for flat in snap.flats:
-        _broadcast(group, flat, timeout_s)
+        work = _broadcast(group, flat, timeout_s)
+    if work is not None and snap.flats[-1].is_cuda:
+        # NCCL's wait() only orders the CUDA streams and returns at once; the bytes have gone when the last
+        # broadcast completes. Polled, not synchronized: the training thread's kernels share the stream.
+        deadline = time.monotonic() + timeout_s
+        while not work.is_completed():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"weight broadcast not completed after {timeout_s:.0f} s: an inference rank "
+                                   "is not receiving")
+            time.sleep(0.0005)
     return time.perf_counter() - t0
 
 

@@ -101,6 +101,23 @@ def check(bench_dir: Path) -> tuple[Costs, list[tuple]]:
     return costs, table
 
 
+def best_one_plus_one(costs: Costs, transfer_s: float = 0.0) -> tuple[float, int, int]:
+    """The largest colocated / async step ratio any workload can give at 1 + 1 processes (vs colocated on 2), by a
+    scan over the longest completion L and the batch's tokens T; both colocated ranks get one longest completion
+    (a long tail). Returns (ratio, L, T). Where transfer and u0 are small: async = max(a L + c T, u T) and colocated
+    = a L + (c + u) T / 2, so the ratio peaks at a L = (u - c) T with 1.5 - c / (2 u), and never exceeds 1 when
+    c >= u."""
+    costs = Costs(costs.a, costs.c, max(0.0, costs.u0), costs.u)  # a fitted u0 below 0 is noise, not a saving
+    best = (0.0, 0, 0)
+    for max_len in range(16, 8193, 16):
+        for tokens in (int(1000 * 1.1 ** k) for k in range(60)):
+            if tokens < 2 * max_len:
+                continue
+            ratio = colocated_step(costs, max_len, tokens, 2) / async_step(costs, max_len, tokens, 1, 1, transfer_s)
+            best = max(best, (ratio, max_len, tokens))
+    return best
+
+
 def reasoning_lengths(n: int, rng: random.Random, median: float = 1500, sigma: float = 0.8,
                       max_tokens: int = 8192) -> list[int]:
     """Lognormal completion lengths (median 1500 tokens, sigma 0.8: p90 ~4,200, a few percent cut at 8,192), the
@@ -168,6 +185,12 @@ def main() -> None:
         print("\n| workload | mode | measured step (s) | predicted (s) | error |\n|---|---|---|---|---|")
         for workload, mode, m, p, err in table:
             print(f"| {workload} | {mode} | {m:.2f} | {p:.2f} | {err:+.0%} |")
+        ratio, max_len, tokens = best_one_plus_one(costs)
+        print(f"\nthe most async can gain at 1 + 1 processes with these costs, over every workload: {ratio:.2f}x "
+              f"(longest completion {max_len} tokens, {tokens} tokens per batch; 1.5 - c/(2u) = "
+              f"{1.5 - costs.c / (2 * costs.u):.2f}x). A decode step here costs mostly per sequence (c), so one engine "
+              "with the whole batch takes about as long as two with half each, and the trainer's core adds no more "
+              "than its own u.")
     else:
         print(f"no bench runs in {bench_dir}: run bench/async_rollout.py first for the CPU check")
 

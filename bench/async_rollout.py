@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -79,6 +80,8 @@ def one_run(mode: str, workload: str, model: Path, steps: int, out: Path, tag: s
            f"grpo.prompts_per_step={prompts_per_rank}", "grpo.group_size=8",
            "grpo.micro_batch_size=64", "grpo.dynamic_sampling=false", "grpo.optim.lr=1e-4", "grpo.save_every=0",
            "eval.num_problems=0", "metrics.progress_bar=false", "metrics.tensorboard=false", "--nproc", "2", *extra]
+    # A run directory left by an earlier bench would be resumed (its stage is done): the figures would be old ones.
+    shutil.rmtree(out / "runs" / name, ignore_errors=True)
     t0 = time.perf_counter()
     sh(cmd, out / f"{name}.log")
     wall = time.perf_counter() - t0

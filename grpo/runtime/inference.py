@@ -315,7 +315,7 @@ class RemoteRollout:
         self.wait_for_transfer()
         r = self.lk.roles
         if r.rank == 0:
-            snap = weight_transfer.snapshot(list(named_weights), self.lk.cfg.weight_bucket_mb * 2**20, device())
+            snap = weight_transfer.snapshot(named_weights, self.lk.cfg.weight_bucket_mb * 2**20, device())
             self._send(list(range(r.servers)), {"kind": "push", "version": self.version + 1, "metas": snap.metas,
                                                 "adapter": adapter_config})
 
@@ -432,12 +432,12 @@ def _serve(lk: Link, rollout, score, sampler) -> None:
             metas = heads[0]["metas"]
             t0 = time.perf_counter()
             idle_total += t0 - idle_since
-            named = weight_transfer.receive(lk.bridge, metas, lk.cfg.weight_bucket_mb * 2**20, device(),
-                                            lk.cfg.async_timeout_s)
+            named = weight_transfer.receive_buckets(lk.bridge, metas, lk.cfg.weight_bucket_mb * 2**20, device(),
+                                                    lk.cfg.async_timeout_s)
             if heads[0].get("adapter") is None:
-                rollout.push_weights(named)
+                rollout.push_weights(named)  # bucket by bucket into the engine: no second copy of the model
             else:  # the adapter alone, on top of the weights the engine holds
-                rollout.push_adapter(_write_adapter(lk, named, heads[0]["adapter"], version + 1))
+                rollout.push_adapter(_write_adapter(lk, list(named), heads[0]["adapter"], version + 1))
             transfer = {"seconds": time.perf_counter() - t0, "bytes": sum(m.nbytes for m in metas)}
             idle_since = time.perf_counter()
             for ch in channels:

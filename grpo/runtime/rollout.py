@@ -229,7 +229,9 @@ class VLLMRollout:
         """Load the trainer's weights into the engine; returns seconds taken."""
         t0 = time.perf_counter()
         with quiet_weight_push():
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(named_weights)})
+            # Consumed lazily (the engine runs in this process): a ZeRO-3 gather or a bridge bucket at a time is
+            # copied into vLLM's weights, never a whole second copy of the model.
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_weights)})
             # Cached KV blocks were computed with the old weights.
             self.llm.reset_prefix_cache()
         self._lora_request = None  # these weights are the whole policy

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Iterable, Iterator
 
 import torch
 
@@ -87,10 +88,26 @@ class Snapshot:
         return sum(f.numel() * f.element_size() for f in self.flats)
 
 
-def snapshot(named: list[tuple[str, torch.Tensor]], bucket_bytes: int, device: torch.device) -> Snapshot:
-    metas = describe(named)
-    buckets = plan_buckets(metas, bucket_bytes)
-    return Snapshot(metas, buckets, [pack([named[i][1] for i in b], device) for b in buckets])
+def snapshot(named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int, device: torch.device) -> Snapshot:
+    """Pack `named` into buckets as it is iterated (the buckets of `plan_buckets`): a ZeRO-3 engine yields a
+    gathered copy of one tensor at a time, and each copy is dropped once packed, so at most one bucket's copies
+    exist beside the flat buckets (a list of them all first would hold the weights twice more)."""
+    metas: list[TensorMeta] = []
+    flats: list[torch.Tensor] = []
+    pending: list[torch.Tensor] = []
+    size, dtype = 0, None
+    for name, tensor in named:
+        meta = TensorMeta(name, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."))
+        if not (pending and meta.dtype == dtype and size + meta.nbytes <= bucket_bytes):
+            if pending:
+                flats.append(pack(pending, device))
+            pending, size, dtype = [], 0, meta.dtype
+        metas.append(meta)
+        pending.append(tensor)
+        size += meta.nbytes
+    if pending:
+        flats.append(pack(pending, device))
+    return Snapshot(metas, plan_buckets(metas, bucket_bytes), flats)
 
 
 def send(group, snap: Snapshot, timeout_s: float) -> float:
@@ -111,13 +128,21 @@ def send(group, snap: Snapshot, timeout_s: float) -> float:
     return time.perf_counter() - t0
 
 
-def receive(group, metas: list[TensorMeta], bucket_bytes: int, device: torch.device,
-            timeout_s: float) -> list[tuple[str, torch.Tensor]]:
-    """The named tensors that rank 0 of `group` sends with `send` for the same `metas` and `bucket_bytes`."""
-    named: list[tuple[str, torch.Tensor]] = []
+def receive_buckets(group, metas: list[TensorMeta], bucket_bytes: int, device: torch.device,
+                    timeout_s: float) -> Iterator[tuple[str, torch.Tensor]]:
+    """The named tensors that rank 0 of `group` sends with `send` for the same `metas` and `bucket_bytes`, one
+    bucket at a time: the next bucket is received when the consumer has taken the last one's tensors, so an engine
+    that copies them into its own weights needs one bucket of memory, not a second copy of the model. The
+    consumer must take every tensor (the sender broadcasts them all)."""
     for b in plan_buckets(metas, bucket_bytes):
         part = [metas[i] for i in b]
         flat = torch.empty(sum(m.numel for m in part), dtype=getattr(torch, part[0].dtype), device=device)
         _broadcast(group, flat, timeout_s)
-        named.extend(unpack(flat, part))
-    return named
+        yield from unpack(flat, part)
+        del flat
+
+
+def receive(group, metas: list[TensorMeta], bucket_bytes: int, device: torch.device,
+            timeout_s: float) -> list[tuple[str, torch.Tensor]]:
+    """`receive_buckets`, all of them at once."""
+    return list(receive_buckets(group, metas, bucket_bytes, device, timeout_s))

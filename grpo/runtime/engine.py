@@ -7,6 +7,7 @@ yields full weights for the push into vLLM (gathering ZeRO-3 partitions).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from grpo.config import EngineConfig, OptimConfig, RolloutConfig
+from grpo.config import ConfigError, EngineConfig, OptimConfig, RolloutConfig
 from grpo.runtime.distributed import DistInfo, all_gather_objects, free_port, barrier, is_main_process
 from grpo.runtime.faults import CheckpointError, start_heartbeat
 
@@ -204,6 +205,7 @@ class TrainEngine:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
         self._micro = 0
         self.saved_step: int | None = None  # the step of the checkpoint that holds the current state, if any
+        self.started_from: dict = {}  # the model the stage started from (set by `resume`), in every checkpoint
         self.last_checkpoint: Path | None = None
 
     @property
@@ -353,7 +355,7 @@ class TrainEngine:
             if is_main_process():
                 try:
                     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-                    _finish(tmp, final, tag, step, world)
+                    _finish(tmp, final, tag, step, world, self.started_from)
                 except OSError as exc:
                     finish_error = [_describe_write_error(exc, exc.filename or tmp)]
             failed = [e for errs in all_gather_objects(finish_error) for e in errs]
@@ -380,12 +382,19 @@ class TrainEngine:
             set_rng_state(client_state["rng"])
         return client_state
 
-    def resume(self, ckpt_dir: Path, resume: str, stage: str) -> dict | None:
+    def resume(self, ckpt_dir: Path, resume: str, stage: str, init_model: str | None = None) -> dict | None:
         """Restore the checkpoint `resume` asks for ("auto": the newest complete one in `ckpt_dir`, if any, saying
         which incomplete ones it skipped; "never"; or a checkpoint directory), say so, and return its client state
-        (step, data position, ...); None when starting fresh."""
+        (step, data position, ...); None when starting fresh. `init_model`: the model the stage starts from; this
+        engine's checkpoints record it, and "auto" refuses one that a stage started from another model wrote (a
+        `grpo train` run, then `grpo run` under the same name: its GRPO must start from the DPO model, not continue
+        the first run's)."""
         ckpt_dir = Path(ckpt_dir)
+        if init_model is not None:
+            self.started_from = {"init_model": str(init_model), "init_identity": model_identity(init_model)}
         tag, skipped = latest_complete_checkpoint(ckpt_dir) if resume == "auto" else (None, [])
+        if tag is not None and init_model is not None:
+            check_started_from(ckpt_dir / tag, stage, self.started_from)
         if resume not in ("auto", "never"):
             ckpt_dir, tag = Path(resume).parent, Path(resume).name
             if not is_complete(ckpt_dir / tag) and is_main_process():
@@ -469,11 +478,44 @@ def _step_of(name: str) -> int:
     return int(m.group(1)) if m else -1
 
 
-def _finish(tmp: Path, final: Path, tag: str, step: int, world_size: int) -> None:
-    """Rank 0, after every rank wrote its files: mark `tmp` complete, rename it to `final` (replacing an older
-    checkpoint of the same tag), point DeepSpeed's `latest` at it."""
+def model_identity(model: str | Path) -> str:
+    """What a stage started from, as its checkpoints record it: a local model directory by its weight and config
+    files' names, sizes and modification times (a stage that rewrote the directory changes them; moving the run
+    directory keeps them; no reading of the weights), anything else (a hub id) by its name."""
+    path = Path(model)
+    if not path.is_dir():
+        return str(model)
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.is_file() and (f.suffix in (".safetensors", ".bin", ".pt") or f.name in ("config.json", "adapter_config.json")):
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def check_started_from(checkpoint: Path, stage: str, started_from: dict) -> None:
+    """Refuse (ConfigError: one line, exit 2, nothing removed) to continue a checkpoint whose stage started from
+    another model than this run's stage does. Checkpoints of older versions record nothing and are accepted."""
+    try:
+        marker = json.loads((Path(checkpoint) / COMPLETE_MARKER).read_text())
+    except (OSError, ValueError):
+        return
+    recorded = marker.get("init_identity")
+    if recorded is None or recorded == started_from["init_identity"]:
+        return
+    then, now = marker.get("init_model", "?"), started_from["init_model"]
+    which = "a different model" if then != now else "the same directory since rewritten"
+    raise ConfigError(f"{checkpoint} continues a {stage} stage that started from {then}, but this run starts {stage} "
+                      f"from {now} ({which}): move {Path(checkpoint).parent.parent} away or choose another name= to "
+                      f"train {stage} afresh (resume={checkpoint} continues it regardless)")
+
+
+def _finish(tmp: Path, final: Path, tag: str, step: int, world_size: int, started_from: dict | None = None) -> None:
+    """Rank 0, after every rank wrote its files: mark `tmp` complete (with the model the stage started from),
+    rename it to `final` (replacing an older checkpoint of the same tag), point DeepSpeed's `latest` at it."""
     with open(tmp / COMPLETE_MARKER, "w") as fh:
-        json.dump({"tag": tag, "step": step, "world_size": world_size, "time": round(time.time(), 3)}, fh)
+        json.dump({"tag": tag, "step": step, "world_size": world_size, "time": round(time.time(), 3),
+                   **(started_from or {})}, fh)
         fh.flush()
         os.fsync(fh.fileno())
     _fsync_dir(tmp)

@@ -197,7 +197,7 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
         adapter_push = Path(tempfile.mkdtemp(prefix=f"grpo_adapter_push_rank{dist.rank}_"))
 
     start_step, position, pending_state = 0, 0, None
-    state = engine.resume(ckpt_dir, cfg.resume, "grpo")
+    state = engine.resume(ckpt_dir, cfg.resume, "grpo", init_model=init_model_path)
     if state is not None:
         start_step, position = state["step"], state["data_position"][dist.rank]
         pending_state = (state.get("pending_rounds") or [None] * dist.world_size)[dist.rank]

@@ -325,7 +325,7 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
     scorer = ExampleScorer(examples, labels, pad_id, dev, ref, ref_forward, sharing, mask_dtype)
 
     start_step, position = 0, 0
-    state = engine.resume(ckpt_dir, cfg.resume, "kto")
+    state = engine.resume(ckpt_dir, cfg.resume, "kto", init_model=init_model_path)
     if state is not None:
         start_step, position = state["step"], state["data_position"][dist.rank]
     stream = PromptStream(len(train_answers), cfg.seed, dist.rank, dist.world_size, position)

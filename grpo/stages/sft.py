@@ -276,7 +276,7 @@ def train(ctx: StageContext, init_model_path: str) -> Path:
     dev = next(engine.module.parameters()).device
     stopper = EarlyStopping(s.patience, getattr(s, "min_delta", 0.0))
     start_step, position, stopped = 0, 0, False
-    state = engine.resume(ckpt_dir, cfg.resume, "sft")
+    state = engine.resume(ckpt_dir, cfg.resume, "sft", init_model=init_model_path)
     if state is not None:
         start_step, position = state["step"], state["data_position"][dist.rank]
         stopper = EarlyStopping(**state["early_stopping"])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from grpo.config import EngineConfig, OptimConfig
+from grpo.config import ConfigError, EngineConfig, OptimConfig
 from grpo.runtime import engine as engine_module
 from grpo.runtime import faults
 from grpo.runtime.engine import (COMPLETE_MARKER, TrainEngine, init_distributed, is_complete,
@@ -36,6 +36,46 @@ def train_step(eng: TrainEngine, seed: int) -> None:
 
 def weights(eng: TrainEngine) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in eng.named_weights()}
+
+
+def _model_dir(path: Path, payload: bytes) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text("{}")
+    (path / "model.safetensors").write_bytes(payload)
+    return path
+
+
+def test_resume_refuses_a_checkpoint_of_a_stage_that_started_from_another_model(tmp_path):
+    """`grpo train` then `grpo run` under one name: the run's GRPO starts from its DPO model and must not continue
+    the first run's GRPO checkpoints (seen: it resumed at its last step and trained nothing)."""
+    base = _model_dir(tmp_path / "base", b"base weights")
+    dpo = _model_dir(tmp_path / "run" / "dpo" / "final", b"dpo weights")
+    ckpt = tmp_path / "run" / "grpo" / "checkpoints"
+    eng = make_engine()
+    assert eng.resume(ckpt, "auto", "grpo", init_model=str(base)) is None  # nothing to resume yet
+    train_step(eng, 1)
+    eng.save_checkpoint(ckpt, "step1", {"step": 1})
+
+    with pytest.raises(ConfigError, match=r"step1 continues a grpo stage that started from .*base, but this run "
+                                          r"starts grpo from .*dpo/final \(a different model\)"):
+        make_engine().resume(ckpt, "auto", "grpo", init_model=str(dpo))
+    assert is_complete(ckpt / "step1")  # nothing removed
+    # the same model (a relaunch after preemption) resumes; so does an explicit checkpoint path
+    assert make_engine().resume(ckpt, "auto", "grpo", init_model=str(base))["step"] == 1
+    assert make_engine().resume(ckpt, str(ckpt / "step1"), "grpo", init_model=str(dpo))["step"] == 1
+    # the same directory, rewritten by a stage that ran again (other weights: another size or time)
+    time.sleep(0.01)
+    (base / "model.safetensors").write_bytes(b"retrained base weights")
+    with pytest.raises(ConfigError, match="the same directory since rewritten"):
+        make_engine().resume(ckpt, "auto", "grpo", init_model=str(base))
+
+
+def test_a_checkpoint_that_records_no_starting_model_still_resumes(tmp_path):
+    eng = make_engine()
+    train_step(eng, 1)
+    eng.save_checkpoint(tmp_path, "step1", {"step": 1})  # resume() not called: the engine records no model
+    assert "init_identity" not in (tmp_path / "step1" / COMPLETE_MARKER).read_text()
+    assert make_engine().resume(tmp_path, "auto", "grpo", init_model="Qwen/Qwen2.5-0.5B")["step"] == 1
 
 
 def test_save_is_atomic_and_resume_takes_the_newest_complete_checkpoint(tmp_path, capsys):

@@ -13,7 +13,7 @@ bf16 with SDPA attention, through transformers and our own loss code:
   memory, and the broadcast of it through a ProcessGroupNCCL built as the async bridge builds it (a group of one:
   one GPU has no link to measure, but the calls are the real ones).
 
-    python bench/gpu_costs.py --out costs.json          # on a GPU (about 3 minutes on an H100)
+    python bench/gpu_costs.py --out costs.json          # on a GPU (about a minute on an H100)
     python bench/gpu_costs.py --shape tiny               # the same code on the CPU, in seconds (a smoke test)
     python bench/async_model.py --gpu-costs costs.json   # the 8-GPU prediction with these costs
 """

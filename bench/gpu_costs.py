@@ -133,6 +133,14 @@ def measure_optimizer(numel: int, device: torch.device, repeats: int) -> dict:
     return {"shard_params": numel, "optimizer_step_s": t}
 
 
+def line_fit(points: dict[int, float]) -> tuple[float, float]:
+    """Least-squares intercept and slope of y = a + c x over {x: y}."""
+    xs, ys = list(points), list(points.values())
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    c = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / max(1e-12, sum((x - mx) ** 2 for x in xs))
+    return my - c * mx, c
+
+
 def measure_decode(model, device: torch.device, batches: list[int], context: int, steps: int) -> dict:
     """Seconds per decode step for each batch size, with a KV cache of `context` prompt tokens; a + c x B fit."""
     from transformers import DynamicCache
@@ -168,21 +176,18 @@ def measure_decode(model, device: torch.device, batches: list[int], context: int
             del cache, out
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    xs, ys = list(per_batch), list(per_batch.values())
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    c = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / max(1e-12, sum((x - mx) ** 2 for x in xs))
+    a, c = line_fit(per_batch)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    probe = torch.ones(min(weight_bytes // 2, 2**31), dtype=torch.bfloat16, device=device)  # up to 4 GB read
+    probe_elems = min(weight_bytes // 2, 2**31)  # bf16: up to 4 GB read
+    probe = torch.ones(probe_elems, dtype=torch.bfloat16, device=device)
     read_s = timed(lambda: probe.sum(), device, 5)
     del probe
-    read_bytes_per_s = min(weight_bytes // 2, 2**31) * 2 / read_s
+    read_bytes_per_s = probe_elems * 2 / read_s
     fit = {}
     if kernels_s:
-        ks = list(kernels_s.values())
-        mk = sum(ks) / len(ks)
-        ck = sum((x - mx) * (y - mk) for x, y in zip(xs, ks)) / max(1e-12, sum((x - mx) ** 2 for x in xs))
-        fit = {"kernel_s_by_batch": kernels_s, "a_kernels_s": mk - ck * mx, "c_kernels_s": ck}
-    return {"context": context, "step_s_by_batch": per_batch, "a_s": my - c * mx, "c_s": c, **fit,
+        a_kernels, c_kernels = line_fit(kernels_s)
+        fit = {"kernel_s_by_batch": kernels_s, "a_kernels_s": a_kernels, "c_kernels_s": c_kernels}
+    return {"context": context, "step_s_by_batch": per_batch, "a_s": a, "c_s": c, **fit,
             "weight_bytes": weight_bytes, "read_bytes_per_s": read_bytes_per_s,
             "weight_read_floor_s": weight_bytes / read_bytes_per_s}
 

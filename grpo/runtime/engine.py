@@ -27,6 +27,7 @@ import torch
 from grpo.config import ConfigError, EngineConfig, OptimConfig, RolloutConfig
 from grpo.runtime.distributed import DistInfo, all_gather_objects, free_port, barrier, is_main_process
 from grpo.runtime.faults import CheckpointError, start_heartbeat
+from grpo.runtime.models import model_files
 
 # A checkpoint directory is whole when it holds this file (written last, then the directory is renamed into place).
 COMPLETE_MARKER = "COMPLETE"
@@ -486,10 +487,9 @@ def model_identity(model: str | Path) -> str:
     if not path.is_dir():
         return str(model)
     h = hashlib.sha256()
-    for f in sorted(path.iterdir()):
-        if f.is_file() and (f.suffix in (".safetensors", ".bin", ".pt") or f.name in ("config.json", "adapter_config.json")):
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    for f in model_files(path):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:20]
 
 

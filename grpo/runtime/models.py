@@ -8,6 +8,13 @@ import torch
 from grpo.config import ModelConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def model_files(model_dir: str | Path) -> list[Path]:
+    """A model directory's weight files and configs (what identifies the model it holds), sorted by name."""
+    return sorted(p for p in Path(model_dir).iterdir()
+                  if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.name in ("config.json", "adapter_config.json")))
 
 
 def resolve_model_path(cfg: ModelConfig) -> str:

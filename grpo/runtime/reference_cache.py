@@ -26,9 +26,9 @@ from grpo.algorithms.logprobs import gather_logprobs
 from grpo.algorithms.packing import PromptSharing, pack_shared_prefix, packed_token_logprobs
 from grpo.data.preferences import TokenizedPair
 from grpo.runtime.distributed import all_gather_objects, barrier, lockstep_chunks, to_device
+from grpo.runtime.models import model_files
 
 CACHE_FORMAT = 1
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,8 +155,7 @@ def model_fingerprint(model_dir: str | Path) -> str:
     directory gets a new fingerprint)."""
     model_dir = Path(model_dir)
     h = _sha()
-    files = sorted(p for p in model_dir.iterdir()
-                   if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.name in ("config.json", "adapter_config.json")))
+    files = model_files(model_dir)
     if not files:
         raise FileNotFoundError(f"{model_dir}: no weight files to fingerprint")
     for p in files:

@@ -34,18 +34,20 @@ class TensorMeta:
         return self.numel * torch.empty((), dtype=getattr(torch, self.dtype)).element_size()
 
 
-def plan_buckets(metas: list[TensorMeta], bucket_bytes: int) -> list[list[int]]:
-    """Indices of `metas` per bucket, in order: a bucket closes when the next tensor has another dtype or would
+def _joins(bucket: list[TensorMeta], meta: TensorMeta, bucket_bytes: int) -> bool:
+    """Whether `meta` goes into the open `bucket`: a bucket closes when the next tensor has another dtype or would
     take it past `bucket_bytes`."""
+    return bool(bucket) and meta.dtype == bucket[0].dtype and sum(m.nbytes for m in bucket) + meta.nbytes <= bucket_bytes
+
+
+def plan_buckets(metas: list[TensorMeta], bucket_bytes: int) -> list[list[int]]:
+    """Indices of `metas` per bucket, in order (see `_joins`)."""
     buckets: list[list[int]] = []
-    size, dtype = 0, None
     for i, m in enumerate(metas):
-        if buckets and m.dtype == dtype and size + m.nbytes <= bucket_bytes:
+        if buckets and _joins([metas[j] for j in buckets[-1]], m, bucket_bytes):
             buckets[-1].append(i)
-            size += m.nbytes
         else:
             buckets.append([i])
-            size, dtype = m.nbytes, m.dtype
     return buckets
 
 
@@ -93,21 +95,23 @@ def snapshot(named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int, devic
     gathered copy of one tensor at a time, and each copy is dropped once packed, so at most one bucket's copies
     exist beside the flat buckets (a list of them all first would hold the weights twice more)."""
     metas: list[TensorMeta] = []
+    buckets: list[list[int]] = []
     flats: list[torch.Tensor] = []
-    pending: list[torch.Tensor] = []
-    size, dtype = 0, None
+    pending: list[torch.Tensor] = []  # the open bucket's tensors, not yet packed
     for name, tensor in named:
         meta = TensorMeta(name, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."))
-        if not (pending and meta.dtype == dtype and size + meta.nbytes <= bucket_bytes):
+        if buckets and _joins([metas[j] for j in buckets[-1]], meta, bucket_bytes):
+            buckets[-1].append(len(metas))
+        else:
             if pending:
                 flats.append(pack(pending, device))
-            pending, size, dtype = [], 0, meta.dtype
+            pending = []
+            buckets.append([len(metas)])
         metas.append(meta)
         pending.append(tensor)
-        size += meta.nbytes
     if pending:
         flats.append(pack(pending, device))
-    return Snapshot(metas, plan_buckets(metas, bucket_bytes), flats)
+    return Snapshot(metas, buckets, flats)
 
 
 def send(group, snap: Snapshot, timeout_s: float) -> float:
